@@ -1,0 +1,595 @@
+"""Where datasets come from: bundled (digits), downloaded (MNIST, Fashion-MNIST, CIFAR-10), or imported.
+
+Everything ends up as a `DatasetArrays`: uint8 images (N, C, H, W) plus int64 labels. Imports never write
+to disk: tarballs are read member by member, and pickles go through a restricted unpickler so that a
+hostile file cannot run code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import os
+import pickle
+import tarfile
+import urllib.error
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from clt.errors import DataError, did_you_mean
+
+Progress = Callable[[str, int, int], None]
+
+FROM_HINT = "pass --from PATH to import a local copy (IDX folder, CIFAR-10 tarball, or image folder)"
+
+
+@dataclass
+class DatasetArrays:
+    name: str
+    train_images: np.ndarray  # uint8, (N, C, H, W)
+    train_labels: np.ndarray  # int64, (N,); -1 everywhere for an unlabeled dataset
+    test_images: np.ndarray  # uint8, (M, C, H, W); M may be 0
+    test_labels: np.ndarray  # int64, (M,)
+    classes: list[str]  # index = label; [] when unlabeled
+    source: str  # human description of where the data came from
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    title: str
+    kind: str  # "sklearn" | "idx" | "cifar"
+    # The torchvision dataset class whose mirrors, file names and md5 sums we download with. Read at
+    # call time (see `_remote_files`) so tests can monkeypatch the class attributes.
+    torchvision_class: str | None = None
+
+
+SOURCES: dict[str, SourceInfo] = {
+    "digits": SourceInfo("scikit-learn digits (8x8, bundled)", "sklearn"),
+    "mnist": SourceInfo("MNIST (28x28 handwritten digits)", "idx", "MNIST"),
+    "fashion-mnist": SourceInfo("Fashion-MNIST (28x28 clothing)", "idx", "FashionMNIST"),
+    "cifar10": SourceInfo("CIFAR-10 (32x32 colour, 10 classes)", "cifar", "CIFAR10"),
+}
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_SEED = 0
+DIGITS_TEST_SIZE = 360
+PROGRESS_EVERY = 2000
+
+
+def fetch(
+    name: str,
+    *,
+    source: Path | None = None,
+    cache_dir: Path,
+    mirrors: list[str] | None = None,
+    size: tuple[int, int] | None = None,
+    progress: Progress | None = None,
+) -> DatasetArrays:
+    """Load dataset `name`: from `source` when given, else bundled or downloaded into `cache_dir`.
+
+    `mirrors` replaces the download base URLs; `size` is (H, W) to resize images to; `progress` is called
+    as progress(description, done, total) during long work.
+    """
+    report = progress or _no_progress
+    if source is not None:
+        data = import_local(name, Path(source), size=size, progress=report)
+    elif name not in SOURCES:
+        raise DataError(
+            f"unknown dataset '{name}': {did_you_mean(name, list(SOURCES))}",
+            f"use a known name, or {FROM_HINT}",
+        )
+    elif SOURCES[name].kind == "sklearn":
+        data = _load_digits()
+    else:
+        data = _download(name, Path(cache_dir) / name, mirrors, report)
+    if size is not None:
+        _resize_dataset(data, size, report)
+    return data
+
+
+def _no_progress(description: str, done: int, total: int) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- bundled
+
+
+def _load_digits() -> DatasetArrays:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # Pixel values are 0..16; stretch to the 0..255 range every other source uses.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, random_state=0, stratify=labels
+    )
+    return DatasetArrays(
+        "digits",
+        images[train_idx],
+        labels[train_idx],
+        images[test_idx],
+        labels[test_idx],
+        [str(i) for i in range(10)],
+        "scikit-learn digits",
+    )
+
+
+# ---------------------------------------------------------------- downloads
+
+
+def _remote_files(name: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(mirror base URLs, [(filename, md5)]) for a downloadable dataset, from torchvision's tables."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, SOURCES[name].torchvision_class or "")
+    if SOURCES[name].kind == "cifar":
+        return [cls.url.rsplit("/", 1)[0] + "/"], [(cls.filename, cls.tgz_md5)]
+    return list(cls.mirrors), [(filename, md5) for filename, md5 in cls.resources]
+
+
+def _download(name: str, folder: Path, mirrors: list[str] | None, progress: Progress) -> DatasetArrays:
+    default_mirrors, files = _remote_files(name)
+    mirrors = list(mirrors) if mirrors is not None else default_mirrors
+    folder.mkdir(parents=True, exist_ok=True)
+    origins = set()
+    for i, (filename, md5) in enumerate(files):
+        progress(f"downloading {filename}", i, len(files))
+        origins.add(_download_file(filename, md5, mirrors, folder))
+    progress("downloaded", len(files), len(files))
+    origin = ", ".join(sorted(origins - {"cache"}))
+    if SOURCES[name].kind == "cifar":
+        data = import_local(name, folder / files[0][0], size=None, progress=progress)
+    else:
+        data = _import_idx(name, _dir_tree(folder), folder)
+    data.source = f"downloaded from {origin}" if origin else f"cached download in {folder}"
+    return data
+
+
+def _download_file(filename: str, md5: str, mirrors: list[str], folder: Path) -> str:
+    """Ensure folder/filename exists with the right md5; return the mirror it came from or "cache"."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    dest = folder / filename
+    if check_integrity(dest, md5):
+        return "cache"
+    tried = []
+    for base in mirrors:
+        url = (base if base.endswith("/") else base + "/") + filename
+        # Download under a temporary name and rename only once verified: an interrupted download
+        # never leaves a half file under the real name.
+        tmp = folder / f".{filename}.{os.getpid()}.part"
+        try:
+            tmp.unlink(missing_ok=True)
+            download_url(url, str(folder), tmp.name, md5=None)
+            if check_integrity(tmp, md5):
+                os.replace(tmp, dest)
+                return base
+            tried.append(f"{url} (md5 mismatch)")
+        except (OSError, urllib.error.URLError, RuntimeError, ValueError) as e:
+            tried.append(f"{url} ({e})")
+        finally:
+            tmp.unlink(missing_ok=True)
+    tried_text = "; ".join(tried) if tried else "no mirrors given"
+    raise DataError(f"could not download {filename} (md5 {md5}); tried: {tried_text}", FROM_HINT)
+
+
+# ---------------------------------------------------------------- local imports
+
+# A file tree: relative POSIX path -> contents (tar members, read eagerly) or a Path (read lazily).
+Tree = dict[str, bytes | Path]
+
+
+def import_local(name: str, path: Path, *, size: tuple[int, int] | None, progress: Progress) -> DatasetArrays:
+    """Import an IDX folder, a CIFAR-10 python tarball/folder, or an image folder/tarball."""
+    if path.is_dir():
+        tree = _dir_tree(path)
+    elif path.is_file():
+        tree = _tar_tree(path)
+    else:
+        raise DataError(f"dataset path not found: {path}", "check the path given to --from")
+    tree = _strip_single_top(tree)
+    names = {PurePosixPath(k).name for k in tree if "/" not in k}
+    if all(f in names or f + ".gz" in names for f in IDX_FILES.values()):
+        return _import_idx(name, tree, path)
+    if "data_batch_1" in names or "test_batch" in names:
+        return _import_cifar(name, tree, path)
+    return _import_images(name, tree, path, size, progress)
+
+
+def _read(value: bytes | Path) -> bytes:
+    return value if isinstance(value, bytes) else value.read_bytes()
+
+
+def _dir_tree(root: Path) -> Tree:
+    tree: Tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Hidden entries (.DS_Store, .git, half downloads) are OS or tool debris, not data.
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if not f.startswith("."):
+                p = Path(dirpath, f)
+                tree[p.relative_to(root).as_posix()] = p
+    return tree
+
+
+def _tar_tree(path: Path) -> Tree:
+    """Read the regular members of a tarball into memory, skipping anything that could escape a folder."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            tree, skipped = _tar_members(tar)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: not a folder, a readable tarball, or a complete one ({e})",
+            f"check the path; {FROM_HINT}",
+        ) from e
+    if skipped:
+        warnings.warn(
+            f"{path}: skipped {len(skipped)} unsafe or non-regular tar member(s): {', '.join(skipped[:5])}",
+            stacklevel=3,
+        )
+    return tree
+
+
+def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
+    tree: Tree = {}
+    skipped = []
+    for member in tar:  # iterating keeps reads sequential, which matters for .gz
+        parts = [p for p in PurePosixPath(member.name).parts if p != "."]
+        if member.isdir():
+            continue
+        # Links, devices, absolute names and .. could point outside the dataset: never follow them.
+        if not member.isfile() or member.name.startswith(("/", "\\")) or ".." in parts:
+            skipped.append(member.name)
+        elif not any(p.startswith(".") for p in parts):  # hidden files are debris (._AppleDouble)
+            fileobj = tar.extractfile(member)
+            if fileobj is not None:
+                tree["/".join(parts)] = fileobj.read()
+    return tree, skipped
+
+
+def _strip_single_top(tree: Tree) -> Tree:
+    """Skip a single wrapping folder (cifar10/, cifar-10-batches-py/ ...) transparently.
+
+    train/ and test/ are never stripped: they carry the split. torchvision's MNIST/raw/ nests twice.
+    """
+    for _ in range(2):
+        tops = {k.split("/", 1)[0] for k in tree}
+        if len(tops) != 1 or not all("/" in k for k in tree) or tops & {"train", "test"}:
+            break
+        tree = {k.split("/", 1)[1]: v for k, v in tree.items()}
+        if not all(k.startswith("raw/") for k in tree):
+            break
+    return tree
+
+
+# ---------------------------------------------------------------- IDX (MNIST format)
+
+
+def _idx_member(tree: Tree, base: str, where: Path) -> tuple[str, bytes]:
+    for key in (base, base + ".gz"):
+        if key in tree:
+            raw = _read(tree[key])
+            if key.endswith(".gz"):
+                try:
+                    raw = gzip.decompress(raw)
+                except (OSError, EOFError, zlib.error) as e:
+                    raise DataError(f"{where / key}: truncated or corrupt gzip file ({e})", FROM_HINT) from e
+            return key, raw
+    raise DataError(f"{where}: missing {base} (or {base}.gz)", FROM_HINT)
+
+
+def parse_idx(raw: bytes, label: str, ndim: int) -> np.ndarray:
+    """Parse an unsigned-byte IDX file, checking magic, dimensions and that the byte count matches."""
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{label}: truncated IDX file: {len(raw)} bytes, shorter than its header", FROM_HINT)
+    expected_magic = 0x0800 + ndim  # 0x08 = unsigned byte, then the number of dimensions
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        raise DataError(
+            f"{label}: not an IDX file of {ndim}-D unsigned bytes (magic number 0x{magic:08x}, "
+            f"expected 0x{expected_magic:08x})",
+            FROM_HINT,
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    header = 4 + 4 * ndim
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        raise DataError(
+            f"{label}: truncated or corrupt IDX file: dimensions {dims} need {expected} bytes, "
+            f"file has {len(raw)}",
+            FROM_HINT,
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _import_idx(name: str, tree: Tree, where: Path) -> DatasetArrays:
+    arrays = {}
+    for role, base in IDX_FILES.items():
+        key, raw = _idx_member(tree, base, where)
+        arrays[role] = parse_idx(raw, str(where / key), 3 if role.endswith("images") else 1)
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(f"{where}: {split} split has {n_img} images but {n_lab} labels", FROM_HINT)
+    labels = [arrays["train_labels"], arrays["test_labels"]]
+    n_classes = max(int(a.max()) + 1 if a.size else 0 for a in labels)
+    if name == "fashion-mnist":
+        import torchvision.datasets as tvd
+
+        classes = list(tvd.FashionMNIST.classes)
+    else:
+        classes = [str(i) for i in range(max(n_classes, 10 if name == "mnist" else 0))]
+    return DatasetArrays(
+        name,
+        arrays["train_images"][:, None],
+        labels[0].astype(np.int64),
+        arrays["test_images"][:, None],
+        labels[1].astype(np.int64),
+        classes,
+        f"imported from {where}",
+    )
+
+
+# ---------------------------------------------------------------- CIFAR-10 python batches
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    # Protocol-2 pickles store bytes as _codecs.encode(str, "latin1"); allow nothing but that.
+    if encoding not in ("latin1", "latin-1"):
+        raise DataError(f"pickle asks for codec {encoding!r}", "only CIFAR-10 python batches are supported")
+    return codecs.encode(text, "latin1")
+
+
+def _pickle_allowlist() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+        ("builtins", "bytearray"): bytearray,
+    }
+    for package in ("numpy.core", "numpy._core"):  # old pickles name numpy.core, numpy 2 names numpy._core
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: any global other than numpy array rebuilding is refused."""
+
+    def __init__(self, file: io.BytesIO, label: str):
+        super().__init__(file, encoding="latin1")  # the batches were written by Python 2
+        self.label = label
+        self.allowed = _pickle_allowlist()
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.allowed:
+            raise DataError(
+                f"{self.label}: refusing to unpickle {module}.{name}: not a CIFAR-10 batch (the file may be "
+                "malicious)",
+                "import only the official cifar-10-python.tar.gz, or an image folder",
+            )
+        return self.allowed[(module, name)]
+
+
+def _unpickle(raw: bytes, label: str) -> dict[str, object]:
+    try:
+        obj = _CifarUnpickler(io.BytesIO(raw), label).load()
+    except DataError:
+        raise
+    except Exception as e:  # a corrupt pickle can fail in many ways; all mean the same to the user
+        raise DataError(f"{label}: corrupt CIFAR-10 batch ({type(e).__name__}: {e})", FROM_HINT) from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{label}: not a CIFAR-10 batch (holds {type(obj).__name__}, not a dict)", FROM_HINT)
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+
+
+def _cifar_batch(tree: Tree, key: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    if key not in tree:
+        raise DataError(f"{where}: missing CIFAR-10 batch {key}", "the tarball or folder is incomplete")
+    label = f"{where}:{key}"
+    batch = _unpickle(_read(tree[key]), label)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{label}: 'data' is not an (N, 3072) uint8 array", FROM_HINT)
+    labels = np.asarray(labels, dtype=np.int64) if labels is not None else None
+    if labels is None or labels.shape != (len(data),):
+        raise DataError(f"{label}: 'labels' missing or not one per image", FROM_HINT)
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _import_cifar(name: str, tree: Tree, where: Path) -> DatasetArrays:
+    train = [_cifar_batch(tree, key, where) for key in CIFAR_BATCHES]
+    test_images, test_labels = _cifar_batch(tree, "test_batch", where)
+    classes = CIFAR10_CLASSES
+    if "batches.meta" in tree:
+        names = _unpickle(_read(tree["batches.meta"]), f"{where}:batches.meta").get("label_names")
+        if isinstance(names, list) and names:
+            classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+    train_labels = np.concatenate([lab for _, lab in train])
+    for labels in (train_labels, test_labels):
+        if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DataError(f"{where}: labels outside 0..{len(classes) - 1}", FROM_HINT)
+    return DatasetArrays(
+        name,
+        np.concatenate([img for img, _ in train]),
+        train_labels,
+        test_images,
+        test_labels,
+        classes,
+        f"imported from {where}",
+    )
+
+
+# ---------------------------------------------------------------- image folders
+
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _import_images(
+    name: str, tree: Tree, where: Path, size: tuple[int, int] | None, progress: Progress
+) -> DatasetArrays:
+    splits, labeled, stray = _layout(tree)
+    if stray:
+        warnings.warn(
+            f"{where}: skipped {len(stray)} file(s) outside the image layout: {', '.join(stray[:5])}",
+            stacklevel=3,
+        )
+    keys = [k for items in splits.values() for _, k in items]
+    images, decoded_keys = _decode_all(tree, keys, where, size, progress)
+    index = {k: i for i, k in enumerate(decoded_keys)}
+    # A class is a folder that holds at least one decodable image, in either split.
+    classes = sorted({cls for items in splits.values() for cls, k in items if k in index}) if labeled else []
+    class_id = {c: i for i, c in enumerate(classes)}
+
+    def arrays(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        kept = [(cls, k) for cls, k in items if k in index]
+        idx = np.array([index[k] for _, k in kept], dtype=np.int64)
+        labels = np.array([class_id[c] if labeled else -1 for c, _ in kept], dtype=np.int64)
+        return images[idx], labels
+
+    if "all" in splits:
+        all_images, all_labels = arrays(splits["all"])
+        test_mask = _holdout_mask(all_labels)
+        train_images, train_labels = all_images[~test_mask], all_labels[~test_mask]
+        test_images, test_labels = all_images[test_mask], all_labels[test_mask]
+    else:
+        train_images, train_labels = arrays(splits.get("train", []))
+        test_images, test_labels = arrays(splits.get("test", []))
+    return DatasetArrays(
+        name, train_images, train_labels, test_images, test_labels, classes, f"imported from {where}"
+    )
+
+
+def _layout(tree: Tree) -> tuple[dict[str, list[tuple[str, str]]], bool, list[str]]:
+    """Sort files into splits of (class, key), sorted by class then path.
+
+    Layouts: train|test/<class>/<img>, <class>/<img> (split "all": hold out a test set later), or
+    <img> (unlabeled). Returns (splits, labeled, stray files that fit none of these).
+    """
+    keys = sorted(tree)
+    if any(k.startswith(("train/", "test/")) for k in keys):
+        groups = {s: [k.split("/", 1)[1] for k in keys if k.startswith(s + "/")] for s in ("train", "test")}
+        stray = [k for k in keys if not k.startswith(("train/", "test/"))]
+    else:
+        groups, stray = {"all": keys}, []
+    labeled = any("/" in k for members in groups.values() for k in members)
+    splits: dict[str, list[tuple[str, str]]] = {}
+    for split, members in groups.items():
+        prefix = "" if split == "all" else split + "/"
+        items = []
+        for k in members:
+            if labeled and "/" not in k:
+                stray.append(prefix + k)  # a loose file next to class folders has no class
+            else:
+                items.append((k.split("/", 1)[0] if labeled else "", prefix + k))
+        splits[split] = sorted(items)
+    if not labeled and "all" in splits:
+        splits = {"train": splits["all"]}  # unlabeled: everything is training data
+    return splits, labeled, sorted(stray)
+
+
+def _holdout_mask(labels: np.ndarray) -> np.ndarray:
+    """Seeded, stratified: HOLDOUT_FRACTION of each class (rounded) goes to test."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_test = round(len(members) * HOLDOUT_FRACTION)
+        mask[rng.permutation(members)[:n_test]] = True
+    return mask
+
+
+def _decode_all(
+    tree: Tree, keys: list[str], where: Path, size: tuple[int, int] | None, progress: Progress
+) -> tuple[np.ndarray, list[str]]:
+    """Decode images to (N, C, H, W) uint8; skip what PIL cannot read; enforce one size unless `size`."""
+    from PIL import Image
+
+    pixels: list[np.ndarray] = []
+    decoded: list[str] = []
+    bad: list[str] = []
+    first: tuple[str, tuple[int, int]] | None = None
+    for i, key in enumerate(keys):
+        if i % PROGRESS_EVERY == 0:
+            progress("decoding images", i, len(keys))
+        try:
+            with Image.open(io.BytesIO(_read(tree[key]))) as im:
+                # Decode grayscale as L and everything else as RGB; L is widened later if any is RGB.
+                im = im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB")
+                if size is not None and im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            bad.append(key)
+            continue
+        if first is None:
+            first = (key, im.size)
+        elif im.size != first[1]:
+            raise DataError(
+                f"{where}: images differ in size: {first[0]} is {first[1][1]}x{first[1][0]}, "
+                f"{key} is {im.size[1]}x{im.size[0]} (HxW)",
+                "pass --size HxW to resize every image to one size",
+            )
+        pixels.append(arr)
+        decoded.append(key)
+    progress("decoding images", len(keys), len(keys))
+    if bad:
+        warnings.warn(
+            f"{where}: skipped {len(bad)} file(s) that are not readable images: {', '.join(bad[:5])}",
+            stacklevel=4,
+        )
+    if not pixels:
+        raise DataError(f"{where}: no images found", f"{FROM_HINT}; images go in ROOT/<class>/ or ROOT/")
+    return _stack(pixels), decoded
+
+
+def _stack(pixels: list[np.ndarray]) -> np.ndarray:
+    """Stack HxW (L) and HxWx3 (RGB) arrays into (N, C, H, W): all L stays 1 channel, else RGB."""
+    if all(p.ndim == 2 for p in pixels):
+        return np.stack(pixels)[:, None]
+    h, w = pixels[0].shape[:2]
+    out = np.empty((len(pixels), h, w, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        out[i] = p[..., None] if p.ndim == 2 else p  # broadcasting L to RGB is exactly PIL's convert
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _resize_dataset(data: DatasetArrays, size: tuple[int, int], progress: Progress) -> None:
+    """Resize array datasets (digits, IDX, CIFAR) whose native size differs from `size`."""
+    for split in ("train", "test"):
+        images = getattr(data, f"{split}_images")
+        if images.shape[2:] != tuple(size) and len(images):
+            setattr(data, f"{split}_images", _resize_images(images, size, progress))
+
+
+def _resize_images(images: np.ndarray, size: tuple[int, int], progress: Progress) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(images), images.shape[1], size[0], size[1]), dtype=np.uint8)
+    for i, img in enumerate(images):
+        if i % PROGRESS_EVERY == 0:
+            progress("resizing images", i, len(images))
+        planes = [Image.fromarray(c).resize((size[1], size[0]), Image.BILINEAR) for c in img]
+        out[i] = np.stack([np.asarray(p) for p in planes])
+    return out

@@ -1,0 +1,49 @@
+"""Triplet loss: max(‖f(A)−f(P)‖² − ‖f(A)−f(N)‖² + α, 0) over mined in-batch triplets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from clt.objectives.mining import TRIPLET_MINERS, squared_distances
+from clt.registry import register_objective
+
+
+@dataclass
+class TripletParams:
+    margin: float = 0.2
+    mining: Literal["random", "batch_all", "batch_hard", "semi_hard"] = "batch_all"
+    normalize: bool = True  # L2-normalise embeddings first, so the margin has a fixed scale
+
+    def check(self) -> str | None:
+        return None if self.margin > 0 else f"margin = {self.margin} must be > 0"
+
+
+def verify_triplet(fa: torch.Tensor, fb: torch.Tensor, params: TripletParams) -> torch.Tensor:
+    """Same class when the squared distance is below the midpoint of the normalised range
+    (1.0, i.e. cosine > 0.5); unnormalised embeddings use the median-free margin itself."""
+    fa, fb = fa.float(), fb.float()
+    if params.normalize:
+        fa, fb = torch.nn.functional.normalize(fa, dim=1), torch.nn.functional.normalize(fb, dim=1)
+        return ((fa - fb) ** 2).sum(1) < 1.0
+    return ((fa - fb) ** 2).sum(1) < params.margin
+
+
+@register_objective("triplet", TripletParams, verify=verify_triplet)
+def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: TripletParams,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, D), (B,) -> scalar. batch_all averages over the triplets that still violate the margin."""
+    z = embeddings.float()
+    if params.normalize:
+        z = torch.nn.functional.normalize(z, dim=1)
+    dist = squared_distances(z)
+    a, p, n = TRIPLET_MINERS[params.mining](labels, generator, dist, params.margin)
+    if len(a) == 0:
+        return z.sum() * 0
+    losses = torch.relu(dist[a, p] - dist[a, n] + params.margin)
+    if params.mining == "batch_all":
+        active = losses > 0
+        return losses[active].mean() if active.any() else losses.sum() * 0
+    return losses.mean()

@@ -1,0 +1,370 @@
+"""Recipes: YAML parsed once into typed dataclasses, validated before any work starts.
+
+A recipe has sections `data`, `model`, `objective`, `pretrain`, `probe`, `evaluate`.
+`model` and `objective` carry a registered name plus that entry's own parameters, which are
+checked against the entry's parameter dataclass, so an unknown key is caught there too.
+`to_dict()` gives the canonical resolved form stored with every artifact and hashed for its id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from clt.errors import RecipeError, did_you_mean
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+
+
+@dataclass
+class AugmentConfig:
+    """Batched view augmentations; `preset` picks per-dataset defaults, other keys override them."""
+
+    preset: str = "auto"
+    crop_scale: tuple[float, float] | None = None
+    flip: float | None = None
+    jitter: float | None = None
+    jitter_prob: float | None = None
+    grayscale: float | None = None
+    blur: float | None = None
+    rotate: float | None = None
+    translate: float | None = None
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "pair_cnn"
+    params: dict[str, Any] = field(default_factory=dict)
+    # projection head used only while pretraining, then dropped: layer widths after the encoder
+    projection: list[int] | None = None
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "pair"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "step", "cosine"] = "none"
+    step_size: int = 7
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    precision: Precision = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    augment: AugmentConfig | None = None
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = once per epoch
+
+
+@dataclass
+class ProbeConfig:
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: list[int] = field(default_factory=lambda: [256])
+    epochs: int = 1
+    batch_size: int = 64
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    labels_per_class: int | None = None
+    labels: int | None = None
+    finetune: bool = False
+    finetune_lr_scale: float = 0.1
+
+
+@dataclass
+class EvaluateConfig:
+    pairs: int = 10048
+    knn_k: int = 10
+    knn_metric: Literal["cosine", "euclidean"] = "cosine"
+    knn_vote: Literal["majority", "distance"] = "majority"
+    knn_temperature: float = 0.07
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+# Sections whose registered name selects a parameter dataclass: section -> (name key).
+_NAMED_SECTIONS = {"model": "encoder", "objective": "name"}
+# Range checks: (section, key) -> (predicate, what it must be).
+_RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
+    ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "batch_size"): (lambda v: v >= 2, ">= 2 (contrastive losses compare samples in a batch)"),
+    ("pretrain", "lr"): (lambda v: v > 0, "> 0"),
+    ("pretrain", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "gamma"): (lambda v: v > 0, "> 0"),
+    ("pretrain", "step_size"): (lambda v: v >= 1, ">= 1"),
+    ("pretrain", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "checkpoint_every"): (lambda v: v >= 0, ">= 0"),
+    ("probe", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("probe", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("probe", "lr"): (lambda v: v > 0, "> 0"),
+    ("probe", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("probe", "labels"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("probe", "hidden"): (lambda v: all(w >= 1 for w in v), "a list of positive widths"),
+    ("evaluate", "pairs"): (lambda v: v >= 2, ">= 2"),
+    ("evaluate", "knn_k"): (lambda v: v >= 1, ">= 1"),
+    ("evaluate", "knn_temperature"): (lambda v: v > 0, "> 0"),
+    ("model", "projection"): (lambda v: v is None or all(w >= 1 for w in v), "a list of positive widths"),
+}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `section.key=value` overrides, validate everything."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file '{path}' does not exist", "check the path; recipes live in recipes/")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"cannot read recipe '{path}': {err}", "pass a UTF-8 YAML file") from None
+    raw = parse_yaml(text, str(path))
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, str(path), overrides)
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        # safe_load only: a tag such as !!python/object must never construct anything
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(
+            f"{where}: malformed YAML{at}: {problem}", "fix the YAML syntax (indentation, colons, quotes)"
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping of sections, got {type(raw).__name__}",
+                          "start the file with keys such as 'data:', 'model:', 'objective:'")
+    return raw
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typing.Iterable[str] = ()) -> Recipe:
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        apply_override(raw, item, where)
+    raw = _fold_named_sections(raw, where)
+    recipe = from_dict(Recipe, raw, where, "")
+    _check_ranges(recipe, where)
+    _check_registered(recipe, where)
+    return recipe
+
+
+def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
+    """`pretrain.epochs=2` sets raw['pretrain']['epochs'] = 2 (value parsed as YAML)."""
+    import yaml
+
+    if "=" not in item:
+        raise RecipeError(f"--set '{item}' is not KEY=VALUE", "write e.g. --set pretrain.epochs=2")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"--set '{item}' has an empty key", "write e.g. --set pretrain.epochs=2")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set '{item}': '{part}' is not a section", "override a key inside a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _fold_named_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Move registry-specific keys of `model` and `objective` into their `params` mapping."""
+    for section, name_key in _NAMED_SECTIONS.items():
+        body = raw.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise RecipeError(f"{where}: '{section}' must be a mapping, got {type(body).__name__}",
+                              f"write '{section}:' followed by indented keys")
+        own = {f.name for f in dataclasses.fields(ModelConfig if section == "model" else ObjectiveConfig)}
+        params = dict(body.get("params") or {})
+        folded = {}
+        for key, value in body.items():
+            if key in own:
+                folded[key] = value
+            else:
+                params[key] = value
+        folded["params"] = params
+        raw[section] = folded
+    return raw
+
+
+def _check_registered(recipe: Recipe, where: str) -> None:
+    """Names must be registered; registry parameters are validated against their dataclasses."""
+    from clt.registry import ENCODERS, OBJECTIVES
+
+    # the dataset name is checked against the store when a stage runs: users import their own
+    enc = ENCODERS.get(recipe.model.encoder)
+    if enc is None:
+        raise RecipeError(f"{where}: model.encoder '{recipe.model.encoder}' is not a registered encoder",
+                          did_you_mean(recipe.model.encoder, ENCODERS.names()))
+    recipe.model.params = to_plain(from_dict(enc.params, recipe.model.params, where, "model"))
+    obj = OBJECTIVES.get(recipe.objective.name)
+    if obj is None:
+        raise RecipeError(f"{where}: objective.name '{recipe.objective.name}' is not a registered objective",
+                          did_you_mean(recipe.objective.name, OBJECTIVES.names()))
+    params = from_dict(obj.params, recipe.objective.params, where, "objective")
+    check = getattr(params, "check", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            raise RecipeError(f"{where}: objective: {problem}", "change the value in the recipe or with --set")
+    recipe.objective.params = to_plain(params)
+
+
+def _check_ranges(recipe: Recipe, where: str) -> None:
+    for (section, key), (ok, must) in _RANGES.items():
+        value = getattr(getattr(recipe, section), key)
+        if not ok(value):
+            raise RecipeError(f"{where}: {section}.{key} = {value!r} is out of range: it must be {must}",
+                              f"change {section}.{key} in the recipe or with --set {section}.{key}=...")
+
+
+# ---------------------------------------------------------------- generic typed parsing
+
+
+def from_dict(cls: type, data: Any, where: str, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, naming the file and dotted key of any problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: '{path or 'recipe'}' must be a mapping, got {type(data).__name__}",
+                          f"write '{path}:' followed by indented keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise RecipeError(f"{where}: unknown key '{dotted}'", did_you_mean(str(key), list(fields)))
+        kwargs[key] = _coerce(hints[key], value, where, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where, dotted)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"{where}: {dotted} = {value!r} is not allowed",
+                              did_you_mean(str(value), [str(a) for a in args]))
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, dotted)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(where, dotted, value, "a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _type_error(where, dotted, value, f"a list of {len(args)} values")
+            return tuple(_coerce(a, v, where, f"{dotted}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        out = [_coerce(item, v, where, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(where, dotted, value, "a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _type_error(where, dotted, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(where, dotted, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-3 (no dot) as a string: accept a numeric string here
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise _type_error(where, dotted, value, "a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _type_error(where, dotted, value, "a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _type_error(where, dotted, value, "a string")
+        return value
+    raise RecipeError(f"{where}: {dotted}: unsupported type {tp}")  # a bug in a params dataclass
+
+
+def _type_error(where: str, dotted: str, value: Any, expected: str) -> RecipeError:
+    return RecipeError(f"{where}: {dotted} = {value!r} has the wrong type: expected {expected}",
+                       f"write {dotted} as {expected}")
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses → dicts, tuples → lists: the canonical JSON form of a recipe."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def params_of(cls: type, plain: dict[str, Any]) -> Any:
+    """Rebuild a registry parameter dataclass from its stored plain form."""
+    return from_dict(cls, plain, "stored recipe", "")

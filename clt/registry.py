@@ -1,0 +1,103 @@
+"""Registries: a new encoder, objective or head is one function and one decorator line.
+
+An unknown name fails loudly with the valid names. Entries live in clt.models and
+clt.objectives; they are imported on first lookup so `clt --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from clt.errors import CltError, did_you_mean
+
+T = TypeVar("T")
+
+
+@dataclass
+class NoParams:
+    """For entries that take no parameters."""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, modules: tuple[str, ...]):
+        self.kind = kind
+        self._modules = modules
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._modules:
+                importlib.import_module(module)
+
+    def add(self, name: str, entry: T) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' registered twice")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> T | None:
+        self._load()
+        return self._entries.get(name)
+
+    def __getitem__(self, name: str) -> T:
+        entry = self.get(name)
+        if entry is None:
+            raise CltError(f"unknown {self.kind} '{name}'", did_you_mean(name, self.names()))
+        return entry
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def __iter__(self):
+        return iter(self.names())
+
+
+@dataclass
+class EncoderEntry:
+    name: str
+    build: Callable[..., Any]  # build(params, in_shape: (C, H, W)) -> nn.Module with .out_dim
+    params: type = NoParams
+    doc: str = ""
+
+
+@dataclass
+class ObjectiveEntry:
+    name: str
+    loss: Callable[..., Any]  # loss(embeddings, labels, params) -> scalar tensor
+    params: type = NoParams
+    views: int = 1  # augmented views per image the loss needs (SimCLR: 2)
+    uses_labels: bool = True
+    # verify(fa, fb, params) -> bool tensor "same class?": enables pair-verification metrics
+    verify: Callable[..., Any] | None = None
+    doc: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ENCODERS: Registry[EncoderEntry] = Registry("encoder", ("clt.models",))
+OBJECTIVES: Registry[ObjectiveEntry] = Registry("objective", ("clt.objectives",))
+
+
+def register_encoder(name: str, params: type = NoParams):
+    def deco(fn):
+        ENCODERS.add(name, EncoderEntry(name, fn, params, _first_line(fn.__doc__)))
+        return fn
+
+    return deco
+
+
+def register_objective(name: str, params: type = NoParams, *, views: int = 1, uses_labels: bool = True,
+                       verify: Callable[..., Any] | None = None):
+    def deco(fn):
+        OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, _first_line(fn.__doc__)))
+        return fn
+
+    return deco
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
