@@ -4,7 +4,7 @@ Layout under the root (./artifacts, $CLT_ARTIFACTS or --artifacts):
 
     objects/ab/cdef…/   one finished artifact: manifest.json, manifest.sha256 and its files
     tmp/                artifacts being built; renamed into objects/ when complete
-    refs/               small files naming artifacts: latest, <kind>, <recipe>/<kind>, dataset/<name>
+    refs/               small files naming artifacts: latest, latest-<kind>, <recipe>/<kind>, dataset/<name>
     locks/              one lock file per address, so two runs of one stage build it once
     downloads/          raw files fetched from dataset mirrors
 
@@ -222,7 +222,7 @@ class Store:
         """
         if ref is None or ref == "":
             for kind in kinds:
-                found = self.read_ref(kind)
+                found = self.read_ref(f"latest-{kind}")
                 if found and self.exists(found):
                     return self.get(found)
             wanted = " or ".join(kinds) or "artifact"
@@ -248,7 +248,7 @@ class Store:
         path = Path(ref)
         if (path / MANIFEST).is_file():
             return self.load(path)
-        named = self.read_ref(ref)
+        named = self.read_ref(ref) or self.read_ref(f"latest-{ref}")
         if named:
             if not self.exists(named):
                 raise StoreError(f"ref '{ref}' points to {named[:SHORT]}, which is no longer in the store",
@@ -352,7 +352,7 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _set_refs(self, artifact: Artifact, extra: tuple[str, ...]) -> None:
-        names = ["latest", artifact.kind, *extra]
+        names = ["latest", f"latest-{artifact.kind}", *extra]
         if artifact.name:
             names.append(f"{artifact.name}/{artifact.kind}")
         for ref in names:

@@ -1,0 +1,370 @@
+"""The `clt` command line: one thin function per command (parse, call a stage, print).
+
+stdout carries only what a script needs (the new artifact's id, or one JSON object with
+--json); progress, logs and tables go to stderr. torch is imported only by the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from clt.errors import CltError
+
+app = typer.Typer(
+    name="clt",
+    help="Contrastive learning for images: download, pretrain, probe, evaluate, embed, tsne.\n\n"
+         "Example: clt pretrain recipes/digits_pair.yaml && clt probe && clt evaluate --confusion",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class State:
+    artifacts: Optional[str] = None
+    json: bool = False
+    debug: bool = False
+    quiet: bool = False
+
+
+STATE = State()
+
+
+@app.callback()
+def _global(
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifact store root "
+                                            "(default $CLT_ARTIFACTS or ./artifacts)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the id."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or logs on stderr."),
+) -> None:
+    STATE.artifacts, STATE.json, STATE.debug, STATE.quiet = artifacts, json_out, debug, quiet
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+def _store():
+    from clt.store import Store, default_root
+
+    return Store(Path(STATE.artifacts) if STATE.artifacts else default_root())
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=STATE.quiet)
+
+
+def _context(device: str = "auto", precision: Optional[str] = None):
+    from clt.reporting import RichReporter
+    from clt.stages import Context
+
+    return Context(store=_store(), device=device, precision=precision, report=RichReporter(_console()))
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run a stage: user errors become one short message, Ctrl-C one line, no tracebacks."""
+    try:
+        return fn()
+    except CltError as err:
+        if STATE.debug:
+            raise
+        console = _console()
+        console.quiet = False
+        console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+        if err.hint:
+            console.print(f"  [bold]fix:[/] {err.hint}", highlight=False)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished artifacts are intact and nothing half-written was kept; "
+              "run the same command again to continue", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+        if STATE.debug:
+            raise
+        print(f"error: internal error {type(err).__name__}: {err}\n  fix: run again with --debug for the "
+              f"traceback and report it", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _emit(outcome, json_out: bool = False) -> None:
+    if STATE.json or json_out:
+        print(json.dumps(outcome.as_json(), default=str))
+    else:
+        print(outcome.artifact.id)
+    if outcome.cached and not STATE.quiet:
+        print(f"(cached: {outcome.artifact.kind} {outcome.artifact.short} already in the store)", file=sys.stderr)
+
+
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object instead of the id.")
+DEVICE_OPT = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+SET_OPT = typer.Option([], "--set", help="Override a recipe key, e.g. --set pretrain.epochs=2 (repeatable).")
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="digits, mnist, fashion-mnist, cifar10, or a name for your own folder."),
+    source: Optional[str] = typer.Option(None, "--from", help="Import a local copy: IDX folder, CIFAR-10 "
+                                         "tarball, image folder or .tar.gz of split/class/image files."),
+    size: Optional[str] = typer.Option(None, "--size", help="Resize images to HxW (for folders of mixed sizes)."),
+    mirror: list[str] = typer.Option([], "--mirror", help="Base URL to download from instead of the official "
+                                     "mirrors (repeatable)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Get a dataset into the store (downloads with checksums, or imports a local copy).
+
+    Example: clt download mnist --from ../shared/datasets/mnist
+    """
+    from clt import stages
+
+    def go():
+        parsed = _parse_size(size)
+        return stages.download(_context(), name, source, parsed, list(mirror) or None)
+
+    _emit(_run(go), json_out)
+
+
+def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
+    if not size:
+        return None
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise CltError(f"--size '{size}' is not HxW", "write e.g. --size 32x32") from None
+
+
+@app.command()
+def pretrain(
+    recipe: str = typer.Argument(..., help="A YAML recipe, e.g. recipes/mnist_pair.yaml."),
+    set_: list[str] = SET_OPT,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    device: str = DEVICE_OPT,
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 (overrides the "
+                                            "recipe)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an interrupted run of this recipe."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run (default)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Train an encoder with the recipe's contrastive objective; prints the encoder's id.
+
+    Re-running an unchanged recipe returns the stored encoder at once; an interrupted run
+    continues from its last checkpoint.
+
+    Example: clt pretrain recipes/digits_pair.yaml --set pretrain.epochs=2
+    """
+    from clt import stages
+
+    overrides = list(set_)
+    if precision:
+        overrides.append(f"pretrain.precision={precision}")
+    _emit(_run(lambda: stages.pretrain(_context(device), recipe, overrides, seed, resume and not fresh)),
+          json_out)
+
+
+@app.command()
+def probe(
+    encoder: Optional[str] = typer.Argument(None, help="Encoder id, prefix, ref or recipe name (default: latest)."),
+    head: Optional[str] = typer.Option(None, "--head", help="linear or mlp."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="Train on N labels per "
+                                                   "class (seeded, balanced)."),
+    labels: Optional[int] = typer.Option(None, "--labels", help="Train on N labels in all, balanced."),
+    finetune: bool = typer.Option(False, "--finetune", help="Unfreeze the encoder (smaller learning rate)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Probe on another stored dataset."),
+    set_: list[str] = SET_OPT,
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Train a linear or MLP head on the frozen encoder; prints the probe's id.
+
+    Example: clt probe --labels-per-class 10 --head mlp
+    """
+    from clt import stages
+
+    overrides = list(set_)
+    for key, value in (("head", head), ("epochs", epochs), ("labels_per_class", labels_per_class),
+                       ("labels", labels)):
+        if value is not None:
+            overrides.append(f"probe.{key}={value}")
+    if finetune:
+        overrides.append("probe.finetune=true")
+    _emit(_run(lambda: stages.probe(_context(device), encoder, overrides, seed, dataset)), json_out)
+
+
+@app.command()
+def evaluate(
+    ref: Optional[str] = typer.Argument(None, help="Probe (or encoder, with --knn) to evaluate (default: "
+                                        "latest probe)."),
+    confusion: bool = typer.Option(False, "--confusion", help="Also write a confusion heatmap PNG."),
+    knn: Optional[int] = typer.Option(None, "--knn", help="Also classify by the K nearest train embeddings."),
+    knn_metric: Optional[str] = typer.Option(None, "--metric", help="kNN metric: cosine or euclidean."),
+    knn_vote: Optional[str] = typer.Option(None, "--vote", help="kNN vote: majority or distance."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Accuracy, per-class accuracy, confusion matrix; pair accuracy for pair-trained encoders.
+
+    Example: clt evaluate --confusion
+    """
+    from clt import stages
+
+    def go():
+        for flag, value, allowed in (("--metric", knn_metric, ("cosine", "euclidean")),
+                                     ("--vote", knn_vote, ("majority", "distance"))):
+            if value is not None and value not in allowed:
+                raise CltError(f"{flag} {value} is not allowed", f"use one of: {', '.join(allowed)}")
+        if knn is not None and knn < 1:
+            raise CltError(f"--knn {knn} must be >= 1", "use e.g. --knn 10")
+        return stages.evaluate(_context(device), ref, confusion, knn, knn_metric, knn_vote)
+
+    _emit(_run(go), json_out)
+
+
+@app.command()
+def embed(
+    encoder: Optional[str] = typer.Argument(None, help="Encoder (default: latest)."),
+    split: str = typer.Option("test", "--split", help="train or test."),
+    projector: bool = typer.Option(False, "--projector", help="Also write vectors.tsv + metadata.tsv for the "
+                                   "TensorBoard Embedding Projector."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Write an encoder's embeddings of a split as .npy; prints the embeddings' id.
+
+    Example: clt embed --split test
+    """
+    from clt import stages
+
+    _emit(_run(lambda: stages.embed(_context(device), encoder, split, projector)), json_out)
+
+
+@app.command()
+def tsne(
+    embeddings: Optional[str] = typer.Argument(None, help="Embeddings artifact (default: latest)."),
+    pca: bool = typer.Option(False, "--pca", help="PCA instead of t-SNE (fast)."),
+    perplexity: float = typer.Option(30.0, "--perplexity"),
+    max_points: int = typer.Option(5000, "--max-points", help="Draw a seeded sample of at most this many."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Draw embeddings in 2-D (t-SNE or PCA) as a PNG coloured by class.
+
+    Example: clt tsne --pca
+    """
+    from clt import stages
+
+    _emit(_run(lambda: stages.tsne(_context(), embeddings, pca, perplexity, max_points)), json_out)
+
+
+# ---------------------------------------------------------------------------- store
+
+
+@app.command("ls")
+def ls_(
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (dataset, encoder, probe, ...)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """List the artifacts in the store, oldest first.
+
+    Example: clt ls --kind encoder
+    """
+    from clt.stages import iter_rows
+
+    def go():
+        rows = [r for r in iter_rows(_store()) if kind is None or r["kind"] == kind]
+        if STATE.json or json_out:
+            print(json.dumps(rows))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"artifacts in {_store().root}")
+        for column in ("id", "kind", "name", "created", "metrics", "files"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["short"], row["kind"], row["name"], row["created"], row["metrics"], row["files"])
+        Console(width=max(140, _terminal_width())).print(table)
+
+    _run(go)
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 140
+
+
+@app.command()
+def show(ref: str = typer.Argument(..., help="Artifact id, prefix, ref or path.")) -> None:
+    """Print one artifact's manifest (JSON).
+
+    Example: clt show latest
+    """
+    def go():
+        artifact = _store().resolve(ref)
+        print(json.dumps(artifact.manifest, indent=2, default=str))
+
+    _run(go)
+
+
+@app.command()
+def verify(ref: Optional[str] = typer.Argument(None, help="One artifact (default: every artifact).")) -> None:
+    """Recheck every file's sha256 and the manifest; exit 1 if anything is damaged.
+
+    Example: clt verify
+    """
+    def go():
+        store = _store()
+        ids = [store.resolve(ref).id] if ref else store.ids()
+        bad = 0
+        for artifact_id in sorted(ids):
+            problems = store.verify(artifact_id)
+            for problem in problems:
+                print(f"{artifact_id[:12]}: {problem}", file=sys.stderr)
+            bad += bool(problems)
+        print(f"{len(ids) - bad} ok, {bad} damaged", file=sys.stderr)
+        if bad:
+            print("  fix: `clt gc --damaged` removes them; run the stages that made them again", file=sys.stderr)
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+@app.command()
+def gc(damaged: bool = typer.Option(False, "--damaged", help="Also delete artifacts that fail verification.")) -> None:
+    """Remove partial directories left by killed runs (and, with --damaged, damaged artifacts).
+
+    Example: clt gc
+    """
+    def go():
+        removed = _store().gc(damaged)
+        for path in removed:
+            print(f"removed {path}", file=sys.stderr)
+        print(f"{len(removed)} removed", file=sys.stderr)
+
+    _run(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets and the augmentations applied to their batches."""

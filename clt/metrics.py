@@ -1,0 +1,116 @@
+"""Metrics as pure functions over arrays and tensors: accuracy, confusion, pairs, kNN."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts: row = true class, column = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return matrix
+
+
+def accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    true, pred = np.asarray(true), np.asarray(pred)
+    return float((true == pred).mean()) if len(true) else float("nan")
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    totals = matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+
+
+def verification_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed, seeded set of pairs, half same-class and half different: (i, j, same)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    usable = [c for c, members in by_class.items() if len(members) >= 2]
+    n_same = n_pairs // 2
+    n_diff = n_pairs - n_same
+    if not usable or len(by_class) < 2:
+        raise ValueError("pair verification needs at least two classes, one with two images")
+    cls = rng.choice(usable, size=n_same)
+    first, second = [], []
+    for c in cls:
+        a, b = rng.choice(by_class[c], size=2, replace=False)
+        first.append(a)
+        second.append(b)
+    i_diff = rng.integers(0, len(labels), size=n_diff * 3)
+    j_diff = rng.integers(0, len(labels), size=n_diff * 3)
+    keep = labels[i_diff] != labels[j_diff]
+    i_diff, j_diff = i_diff[keep][:n_diff], j_diff[keep][:n_diff]
+    i = np.concatenate([np.array(first, dtype=np.int64), i_diff])
+    j = np.concatenate([np.array(second, dtype=np.int64), j_diff])
+    same = np.concatenate([np.ones(len(first), bool), np.zeros(len(i_diff), bool)])
+    return i, j, same
+
+
+def knn_predict(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int,
+    n_classes: int,
+    metric: Literal["cosine", "euclidean"] = "cosine",
+    vote: Literal["majority", "distance"] = "majority",
+    temperature: float = 0.07,
+    query_chunk: int = 1024,
+    train_chunk: int = 65536,
+) -> torch.Tensor:
+    """Exact kNN: class of each query by its k nearest training embeddings.
+
+    Batched matrix products on the inputs' device. Queries are processed in chunks and the
+    train set is scanned in chunks with a running top-k, so memory stays at
+    query_chunk × (train_chunk + k) similarities whatever the train set's size.
+    `distance` voting weighs each neighbour by exp(similarity / temperature) (the kNN
+    monitor of InstDisc/MoCo); for euclidean the similarity is the negative distance.
+    """
+    k = min(k, len(train))
+    if metric == "cosine":
+        train = torch.nn.functional.normalize(train.float(), dim=1)
+        queries = torch.nn.functional.normalize(queries.float(), dim=1)
+    else:
+        train, queries = train.float(), queries.float()
+        train_sq = (train * train).sum(1)
+    out = []
+    for qs in range(0, len(queries), query_chunk):
+        q = queries[qs:qs + query_chunk]
+        best_sim = torch.full((len(q), 0), float("-inf"), device=q.device)
+        best_idx = torch.zeros((len(q), 0), dtype=torch.long, device=q.device)
+        for ts in range(0, len(train), train_chunk):
+            block = train[ts:ts + train_chunk]
+            sim = q @ block.T
+            if metric == "euclidean":
+                # -‖q−t‖² up to a per-query constant (‖q‖²), which does not change the ranking
+                sim = 2 * sim - train_sq[ts:ts + train_chunk][None, :]
+            sim, idx = torch.cat([best_sim, sim], 1), torch.cat([best_idx, torch.arange(
+                ts, ts + len(block), device=q.device).expand(len(q), -1)], 1)
+            best_sim, pos = sim.topk(min(k, sim.shape[1]), dim=1)
+            best_idx = idx.gather(1, pos)
+        neighbours = train_labels[best_idx]
+        if vote == "majority":
+            weights = torch.ones_like(best_sim)
+        else:
+            sims = best_sim if metric == "cosine" else -(q * q).sum(1, keepdim=True) + best_sim
+            if metric == "euclidean":
+                sims = -torch.sqrt((-sims).clamp_min(0))
+            weights = torch.exp((sims - sims.max(1, keepdim=True).values) / temperature)
+        scores = torch.zeros(len(q), n_classes, device=q.device)
+        scores.scatter_add_(1, neighbours, weights)
+        # ties in a majority vote go to the class of the nearest neighbour among the tied
+        scores += 1e-6 * torch.zeros_like(scores).scatter_(1, neighbours[:, :1], 1.0)
+        out.append(scores.argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0

@@ -1,0 +1,99 @@
+"""Pictures people would rather look at than read: PNGs via matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    n = len(classes)
+    size = max(4.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    rows = matrix.sum(1, keepdims=True)
+    share = np.divide(matrix, np.maximum(rows, 1))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for r in range(n):
+            for c in range(n):
+                ax.text(c, r, str(matrix[r, c]), ha="center", va="center", fontsize=7,
+                        color="white" if share[r, c] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scatter(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    if len(classes) == 0 or (labels < 0).all():
+        ax.scatter(coords[:, 0], coords[:, 1], s=3, alpha=0.6, color="tab:gray")
+    for ci, name in enumerate(classes):
+        mask = labels == ci
+        if mask.any():
+            ax.scatter(coords[mask, 0], coords[mask, 1], s=4, alpha=0.7, color=cmap(ci % cmap.N), label=name)
+    if len(classes):
+        ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: str = "loss") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h[key] for h in history], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (), title: str = "") -> None:
+    """rows: each (K, C, H, W) floats in [0, 1]; drawn as a grid, one row per list entry."""
+    plt = _pyplot()
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols, 1.25 * n_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                img = np.clip(row[c], 0, 1)
+                if img.shape[0] == 1:
+                    ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(img.transpose(1, 2, 0))
+        if r < len(row_titles):
+            axes[r][0].set_title(row_titles[r], fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Heads on frozen features (or a fine-tuned encoder), and the one feature extractor all
+evaluations share: features are computed once per split and reused."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from clt.data.memory import ImageData, Split
+from clt.devices import autocast
+from clt.models.heads import mlp
+from clt.recipe import ProbeConfig
+from clt.train import make_optimizer
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, data: ImageData, split: Split, device: torch.device,
+                     precision: str = "fp32", batch_size: int = 1024,
+                     on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """(N, D) float32 features of a split's images, encoder in eval mode."""
+    encoder.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        x = data.normalize(split.images[start:start + batch_size].to(device))
+        with autocast(device, precision):
+            out.append(encoder(x).float())
+        if on_batch:
+            on_batch(min(start + batch_size, len(split)), len(split))
+    if not out:
+        return torch.zeros(0, getattr(encoder, "out_dim", 0), device=device)
+    return torch.cat(out)
+
+
+def few_label_subset(labels: torch.Tensor, seed: int, per_class: int | None = None,
+                     total: int | None = None) -> torch.Tensor:
+    """Seeded, class-balanced subset of indices (sorted). `total` spreads evenly over classes."""
+    labels = labels.cpu()
+    classes = torch.unique(labels)
+    if per_class is None and total is None:
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    quota = {int(c): per_class or 0 for c in classes}
+    if per_class is None:
+        base, extra = divmod(total, len(classes))
+        order = torch.randperm(len(classes), generator=generator).tolist()
+        for rank, ci in enumerate(order):
+            quota[int(classes[ci])] = base + (1 if rank < extra else 0)
+    picked = []
+    for c in classes.tolist():
+        members = (labels == c).nonzero().flatten()
+        take = min(quota[c], len(members))
+        picked.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(picked).sort().values
+
+
+def build_head(cfg: ProbeConfig, in_dim: int, n_classes: int) -> nn.Module:
+    if cfg.head == "linear":
+        return nn.Linear(in_dim, n_classes)
+    return mlp(in_dim, [*cfg.hidden, n_classes], batch_norm=False)
+
+
+def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, cfg: ProbeConfig, seed: int,
+               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Cross-entropy training of a head on fixed features; the encoder is not involved."""
+    device = features.device
+    optimizer = make_optimizer(cfg, head.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    started = time.perf_counter()
+    head.train()
+    # with few labels an epoch is a handful of steps: keep at least ~100 steps of training
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(features), generator=generator).to(device)
+        total, correct, count = 0.0, 0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            logits = head(features[idx])
+            loss = nn.functional.cross_entropy(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+            count += len(idx)
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
+                  "seconds": round(time.perf_counter() - started, 3)}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+    head.eval()
+    return history
+
+
+def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.Tensor, cfg: ProbeConfig,
+             device: torch.device, precision: str, seed: int,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Encoder and head trained together; the encoder at lr × finetune_lr_scale."""
+    params = [{"params": head.parameters(), "lr": cfg.lr},
+              {"params": encoder.parameters(), "lr": cfg.lr * cfg.finetune_lr_scale}]
+    optimizer = make_optimizer(cfg, params)
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = data.train.images[index].to(device), data.train.labels[index].to(device)
+    history = []
+    started = time.perf_counter()
+    model = nn.Sequential(encoder, head)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=generator).to(device)
+        total, correct, count = 0.0, 0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            with autocast(device, precision):
+                logits = model(data.normalize(images[idx])).float()
+            loss = nn.functional.cross_entropy(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+            count += len(idx)
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
+                  "seconds": round(time.perf_counter() - started, 3)}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+    model.eval()
+    return history
