@@ -106,7 +106,34 @@ def _emit(outcome, json_out: bool = False) -> None:
         print(f"(cached: {outcome.artifact.kind} {outcome.artifact.short} already in the store)", file=sys.stderr)
 
 
+def _emit_many(outcomes: list, json_out: bool = False) -> None:
+    """One id per line (one run per seed); with --json one object holding every run."""
+    if len(outcomes) == 1:
+        _emit(outcomes[0], json_out)
+        return
+    if STATE.json or json_out:
+        print(json.dumps({"ids": [o.artifact.id for o in outcomes], "runs": [o.as_json() for o in outcomes]},
+                         default=str))
+    else:
+        for outcome in outcomes:
+            print(outcome.artifact.id)
+
+
+def _parse_seeds(seeds: Optional[str], seed: Optional[int]) -> list[Optional[int]]:
+    if seeds is None:
+        return [seed]
+    try:
+        parsed = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CltError(f"--seeds '{seeds}' is not a comma-separated list of integers", "write e.g. --seeds 0,1,2") \
+            from None
+    if not parsed:
+        raise CltError("--seeds is empty", "write e.g. --seeds 0,1,2")
+    return parsed
+
+
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object instead of the id.")
+SEEDS_OPT = typer.Option(None, "--seeds", help="Run once per seed, e.g. 0,1,2: one artifact (and id line) each.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 SET_OPT = typer.Option([], "--set", help="Override a recipe key, e.g. --set pretrain.epochs=2 (repeatable).")
 
@@ -154,6 +181,7 @@ def pretrain(
     recipe: str = typer.Argument(..., help="A YAML recipe, e.g. recipes/mnist_pair.yaml."),
     set_: list[str] = SET_OPT,
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    seeds: Optional[str] = SEEDS_OPT,
     device: str = DEVICE_OPT,
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16 (overrides the "
                                             "recipe)."),
@@ -173,8 +201,8 @@ def pretrain(
     overrides = list(set_)
     if precision:
         overrides.append(f"pretrain.precision={precision}")
-    _emit(_run(lambda: stages.pretrain(_context(device), recipe, overrides, seed, resume and not fresh)),
-          json_out)
+    _emit_many(_run(lambda: [stages.pretrain(_context(device), recipe, overrides, one, resume and not fresh)
+                             for one in _parse_seeds(seeds, seed)]), json_out)
 
 
 @app.command()
@@ -189,6 +217,7 @@ def probe(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Probe on another stored dataset."),
     set_: list[str] = SET_OPT,
     seed: Optional[int] = typer.Option(None, "--seed"),
+    seeds: Optional[str] = SEEDS_OPT,
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -205,13 +234,14 @@ def probe(
             overrides.append(f"probe.{key}={value}")
     if finetune:
         overrides.append("probe.finetune=true")
-    _emit(_run(lambda: stages.probe(_context(device), encoder, overrides, seed, dataset)), json_out)
+    _emit_many(_run(lambda: [stages.probe(_context(device), encoder, overrides, one, dataset)
+                             for one in _parse_seeds(seeds, seed)]), json_out)
 
 
 @app.command()
 def evaluate(
-    ref: Optional[str] = typer.Argument(None, help="Probe (or encoder, with --knn) to evaluate (default: "
-                                        "latest probe)."),
+    refs: Optional[list[str]] = typer.Argument(None, help="Probes (or encoders, with --knn) to evaluate "
+                                               "(default: latest probe); several give mean ± std."),
     confusion: bool = typer.Option(False, "--confusion", help="Also write a confusion heatmap PNG."),
     knn: Optional[int] = typer.Option(None, "--knn", help="Also classify by the K nearest train embeddings."),
     knn_metric: Optional[str] = typer.Option(None, "--metric", help="kNN metric: cosine or euclidean."),
@@ -220,6 +250,8 @@ def evaluate(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrix; pair accuracy for pair-trained encoders.
+
+    Given several artifacts (one per seed), also prints mean ± std (sample std).
 
     Example: clt evaluate --confusion
     """
@@ -232,9 +264,21 @@ def evaluate(
                 raise CltError(f"{flag} {value} is not allowed", f"use one of: {', '.join(allowed)}")
         if knn is not None and knn < 1:
             raise CltError(f"--knn {knn} must be >= 1", "use e.g. --knn 10")
-        return stages.evaluate(_context(device), ref, confusion, knn, knn_metric, knn_vote)
+        context = _context(device)
+        outcomes = [stages.evaluate(context, ref, confusion, knn, knn_metric, knn_vote) for ref in (refs or [None])]
+        if len(outcomes) > 1:
+            _print_compare(stages.summarize(context.store, [o.artifact.id for o in outcomes]), "table")
+        return outcomes
 
-    _emit(_run(go), json_out)
+    outcomes = _run(go)
+    if len(outcomes) > 1 and (STATE.json or json_out):
+        from clt import stages as st
+
+        rows = st.summarize(_store(), [o.artifact.id for o in outcomes])
+        print(json.dumps({"ids": [o.artifact.id for o in outcomes], "runs": [o.as_json() for o in outcomes],
+                          "summary": rows}, default=str))
+    else:
+        _emit_many(outcomes, json_out)
 
 
 @app.command()
@@ -270,6 +314,115 @@ def tsne(
     from clt import stages
 
     _emit(_run(lambda: stages.tsne(_context(), embeddings, pca, perplexity, max_points)), json_out)
+
+
+baseline_app = typer.Typer(help="Baselines in the same tool: supervised from scratch, logistic regression on "
+                            "pixels.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("scratch")
+def baseline_scratch(
+    recipe: str = typer.Argument(..., help="The recipe whose encoder and probe settings to train from scratch."),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class"),
+    labels: Optional[int] = typer.Option(None, "--labels"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    set_: list[str] = SET_OPT,
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    seeds: Optional[str] = SEEDS_OPT,
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Train the recipe's encoder plus head from scratch, supervised, on the same labels.
+
+    Example: clt baseline scratch recipes/mnist_simclr.yaml --labels 100 --seeds 0,1,2
+    """
+    from clt import stages
+
+    overrides = list(set_)
+    for key, value in (("labels_per_class", labels_per_class), ("labels", labels), ("epochs", epochs)):
+        if value is not None:
+            overrides.append(f"probe.{key}={value}")
+    _emit_many(_run(lambda: [stages.baseline_scratch(_context(device), recipe, overrides, one)
+                             for one in _parse_seeds(seeds, seed)]), json_out)
+
+
+@baseline_app.command("logreg")
+def baseline_logreg(
+    dataset: str = typer.Argument(..., help="A stored dataset name, e.g. cifar10."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    set_: list[str] = typer.Option([], "--set", help="Override a probe key, e.g. --set lr=0.01."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Multi-class logistic regression on the standardised pixels of a dataset.
+
+    Example: clt baseline logreg cifar10 && clt evaluate
+    """
+    from clt import stages
+
+    overrides = list(set_) + ([f"epochs={epochs}"] if epochs is not None else [])
+    _emit(_run(lambda: stages.baseline_logreg(_context(device), dataset, overrides, seed)), json_out)
+
+
+@app.command()
+def compare(
+    refs: list[str] = typer.Argument(..., help="Evaluation artifacts (ids, prefixes or refs)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for a README)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """One table of evaluations: name, objective, protocol, labels, accuracy (mean ± std over seeds).
+
+    Example: clt compare $(clt evaluate $(clt probe --seeds 0,1,2))
+    """
+    from clt import stages
+
+    rows = _run(lambda: stages.summarize(_store(), refs))
+    if STATE.json or json_out:
+        print(json.dumps(rows, default=str))
+    else:
+        _print_compare(rows, "markdown" if markdown else "table")
+
+
+def _print_compare(rows: list[dict[str, Any]], style: str) -> None:
+    from clt.stages import format_mean_std
+
+    header = ["name", "objective", "protocol", "labels", "seeds", "accuracy %", "kNN %", "pair %", "wall s"]
+    lines = [[str(r["name"]), str(r["objective"]), r["protocol"], str(r["labels"]), str(r["n"]),
+              format_mean_std(r.get("accuracy")), format_mean_std(r.get("knn_accuracy")),
+              format_mean_std(r.get("pair_accuracy")), f"{r['wall_time_s']:.0f}"] for r in rows]
+    if style == "markdown":
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+        return
+    from rich.table import Table
+
+    table = Table(title="comparison")
+    for column in header:
+        table.add_column(column, justify="right" if column.endswith(("%", "s")) else "left")
+    for line in lines:
+        table.add_row(*line)
+    _console().print(table)
+
+
+@app.command()
+def views(
+    recipe: str = typer.Argument(..., help="Recipe whose augmentations to show."),
+    count: int = typer.Option(8, "--count", help="How many images."),
+    n_views: int = typer.Option(4, "--views", help="Augmented views per image."),
+    set_: list[str] = SET_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Write a PNG grid of original images next to their augmented views.
+
+    Example: clt views recipes/mnist_simclr.yaml
+    """
+    from clt import stages
+
+    _emit(_run(lambda: stages.views(_context(), recipe, list(set_), count, n_views)), json_out)
 
 
 # ---------------------------------------------------------------------------- store

@@ -212,7 +212,7 @@ def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
 
 def _fold_named_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Move registry-specific keys of `model` and `objective` into their `params` mapping."""
-    for section, name_key in _NAMED_SECTIONS.items():
+    for section in _NAMED_SECTIONS:
         body = raw.get(section)
         if body is None:
             continue

@@ -35,7 +35,7 @@ class _RichTask(ProgressTask):
             disable=console.quiet or not console.is_terminal)
         self.task = self.progress.add_task(description, total=total, extra="")
 
-    def __enter__(self) -> "_RichTask":
+    def __enter__(self) -> _RichTask:
         self.progress.start()
         return self
 

@@ -28,7 +28,7 @@ class Reporter:
     def warn(self, message: str) -> None:
         pass
 
-    def progress(self, description: str, total: int | None) -> "ProgressTask":
+    def progress(self, description: str, total: int | None) -> ProgressTask:
         return ProgressTask()
 
     def table(self, renderable: Any) -> None:
@@ -36,7 +36,7 @@ class Reporter:
 
 
 class ProgressTask:
-    def __enter__(self) -> "ProgressTask":
+    def __enter__(self) -> ProgressTask:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -345,7 +345,6 @@ def _plain(obj: Any) -> Any:
 
 def _probe_build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Artifact, seed: int,
                  tmp: Path) -> dict[str, Any]:
-    import torch
 
     from clt import plots
     from clt.devices import describe, pick_device, resolve_precision, seed_everything
@@ -426,8 +425,7 @@ def evaluate(ctx: Context, ref: str | None = None, confusion: bool = False, knn:
     if target.kind == "encoder" and not knn and not _verifiable(target):
         raise CltError(f"{target.short} is an encoder: without a probe only kNN or pair accuracy can be measured",
                        f"pass --knn 10, or probe it first: clt probe {target.short}")
-    encoder_id = target.id if target.kind == "encoder" else target.inputs["encoder"]
-    encoder_art = ctx.store.get(encoder_id)
+    encoder_art = _encoder_of(ctx.store, target)
     recipe = _stored_recipe(encoder_art, [])
     options = {"confusion": confusion, "pairs": pairs and _verifiable(encoder_art),
                "n_pairs": recipe.evaluate.pairs, "knn": knn,
@@ -442,9 +440,19 @@ def evaluate(ctx: Context, ref: str | None = None, confusion: bool = False, knn:
     return outcome
 
 
+def _encoder_of(store: Store, target: Artifact) -> Artifact:
+    """The artifact holding the encoder weights: itself (encoder, fine-tuned or scratch probe)
+    or the encoder its probe was trained on."""
+    if target.kind == "encoder" or "encoder.safetensors" in target.manifest.get("files", {}):
+        return target
+    return store.get(target.inputs["encoder"])
+
+
 def _verifiable(encoder_art: Artifact) -> bool:
     from clt.registry import OBJECTIVES
 
+    if encoder_art.kind != "encoder":
+        return False  # supervised baselines have no pair objective to verify with
     name = (encoder_art.recipe or {}).get("objective", {}).get("name")
     entry = OBJECTIVES.get(name) if name else None
     return bool(entry and entry.verify)
@@ -452,7 +460,6 @@ def _verifiable(encoder_art: Artifact) -> bool:
 
 def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recipe, options: dict[str, Any],
                     tmp: Path) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from clt import metrics, plots
@@ -462,7 +469,7 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
     from clt.registry import OBJECTIVES
 
     device = pick_device(ctx.device)
-    data_art = ctx.store.get(target.inputs["dataset"] if target.kind == "probe" else encoder_art.inputs["dataset"])
+    data_art = ctx.store.get(target.inputs.get("dataset") or encoder_art.inputs["dataset"])
     data = load_dataset(data_art)
     if not data.labeled or len(data.test) == 0:
         raise DataError(f"dataset '{data.name}' has no labeled test split to evaluate on",
@@ -627,8 +634,9 @@ def tsne(ctx: Context, embeddings_ref: str | None = None, pca: bool = False, per
                               init="pca", random_state=seed).fit_transform(vectors)
         np.save(tmp / "coords.npy", coords.astype(np.float32))
         np.save(tmp / "index.npy", keep)
-        plots.scatter(coords, labels, emb_art.manifest.get("classes", []), tmp / f"{method}.png",
-                      f"{emb_art.name}: {'t-SNE' if method == 'tsne' else 'PCA'} of {emb_art.manifest.get('split')} embeddings")
+        shown = "t-SNE" if method == "tsne" else "PCA"
+        title = f"{emb_art.name}: {shown} of {emb_art.manifest.get('split')} embeddings"
+        plots.scatter(coords, labels, emb_art.manifest.get("classes", []), tmp / f"{method}.png", title)
         return {"method": method, "metrics": {"points": int(len(vectors))}}
 
     outcome = _produce(ctx, spec, "figure", build, name=emb_art.name)
@@ -655,3 +663,187 @@ def iter_rows(store: Store) -> Iterator[dict[str, Any]]:
 
 __all__ = ["Context", "Outcome", "Reporter", "download", "pretrain", "probe", "evaluate", "embed", "tsne",
            "canonical_json"]
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def baseline_scratch(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None) -> Outcome:
+    """The recipe's encoder plus its probe head trained from scratch, supervised, on the probe's labels."""
+    from clt.recipe import recipe_from_dict
+
+    raw = _recipe_raw(recipe_path, list(overrides), seed)
+    recipe = recipe_from_dict(raw, recipe_path)
+    data_art = dataset_artifact(ctx, recipe.data.dataset)
+    spec = {"stage": "baseline-scratch", "model": _plain(recipe.model), "probe": _plain(recipe.probe),
+            "inputs": {"dataset": data_art.id}, "seed": recipe.seed}
+    return _produce(ctx, spec, "probe", lambda tmp, _id: _supervised_build(
+        ctx, recipe.model.encoder, recipe.model.params, recipe.probe, data_art, recipe.seed, tmp,
+        "scratch supervised"), name=f"{recipe.name}-scratch")
+
+
+def baseline_logreg(ctx: Context, dataset: str, overrides: list[str] = (), seed: int = 0) -> Outcome:
+    """Multi-class logistic regression on the standardised pixels."""
+    from clt.recipe import ProbeConfig, apply_override, from_dict
+
+    raw = {"head": "linear", "epochs": 20, "batch_size": 256, "lr": 0.001, "weight_decay": 0.0}
+    for item in overrides:
+        apply_override(raw, item.removeprefix("probe."), "baseline logreg")
+    cfg = from_dict(ProbeConfig, raw, "baseline logreg options", "probe")
+    data_art = dataset_artifact(ctx, dataset)
+    spec = {"stage": "baseline-logreg", "probe": _plain(cfg), "inputs": {"dataset": data_art.id}, "seed": seed}
+    return _produce(ctx, spec, "probe", lambda tmp, _id: _supervised_build(
+        ctx, "pixels", {}, cfg, data_art, seed, tmp, "logistic regression on pixels"), name=f"{dataset}-logreg")
+
+
+def _supervised_build(ctx: Context, encoder_name: str, encoder_params: dict[str, Any], cfg, data_art: Artifact,
+                      seed: int, tmp: Path, protocol: str) -> dict[str, Any]:
+    from clt import plots
+    from clt.devices import describe, pick_device, seed_everything
+    from clt.models.heads import build_encoder
+    from clt.probe import build_head, few_label_subset, finetune
+
+    device = pick_device(ctx.device)
+    seed_everything(seed)
+    data = load_dataset(data_art)
+    if not data.labeled:
+        raise DataError(f"dataset '{data.name}' has no labels: a supervised baseline needs them",
+                        "pick a labeled dataset")
+    encoder = build_encoder(encoder_name, encoder_params, data.in_shape).to(device)
+    index = few_label_subset(data.train.labels, seed, cfg.labels_per_class, cfg.labels)
+    head = build_head(cfg, encoder.out_dim, len(data.classes)).to(device)
+    ctx.report.info(f"baseline ({protocol}): {encoder_name} + {cfg.head} head, {len(index)} labels, "
+                    f"{cfg.epochs} epochs")
+    # one learning rate for both parts: nothing here is pretrained
+    cfg = type(cfg)(**{**_plain(cfg), "finetune_lr_scale": 1.0})
+    history = finetune(encoder, head, data.to(device), index.to(device), cfg, device, "fp32", seed,
+                       lambda r: ctx.report.info(f"epoch {r['epoch']}: loss {r['loss']:.4f}, "
+                                                 f"train accuracy {r['train_accuracy']:.4f}"))
+    _save_module(encoder, tmp / "encoder.safetensors")
+    _save_module(head, tmp / "head.safetensors")
+    (tmp / "history.json").write_text(json.dumps(history, indent=1))
+    if history:
+        plots.loss_curve(history, tmp / "loss_curve.png", f"{protocol}: loss")
+    return {
+        "device": describe(device),
+        "encoder": {"name": encoder_name, "params": encoder_params, "in_shape": list(data.in_shape),
+                    "out_dim": encoder.out_dim},
+        "head": {"kind": cfg.head, "in_dim": encoder.out_dim, "classes": len(data.classes), "hidden": cfg.hidden},
+        "subset": index.tolist() if (cfg.labels_per_class or cfg.labels) else "all",
+        "protocol": {"protocol": protocol, "epochs": cfg.epochs, "labels_used": int(len(index)), "final_epoch": True},
+        "metrics": {"train_accuracy": history[-1]["train_accuracy"] if history else None,
+                    "labels_used": int(len(index))},
+    }
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def summarize(store: Store, refs: list[str]) -> list[dict[str, Any]]:
+    """Rows of a comparison table: evaluations grouped by everything but the seed, mean ± std."""
+    from clt.metrics import mean_std
+
+    groups: dict[str, dict[str, Any]] = {}
+    for ref in refs:
+        art = store.resolve(ref, ("evaluation",))
+        target = store.get(art.inputs["target"])
+        encoder = _encoder_of(store, target)
+        recipe = encoder.recipe or target.recipe or {}
+        protocol = dict(art.manifest.get("protocol", {}))
+        seed = (target.manifest.get("spec") or {}).get("seed")
+        key = canonical_json({"name": target.name, "protocol": protocol.get("protocol"),
+                              "labels": protocol.get("labels_used"), "knn": protocol.get("knn")})
+        group = groups.setdefault(key, {
+            "name": target.name, "objective": (recipe.get("objective") or {}).get("name", "-")
+            if encoder.kind == "encoder" else "-",
+            "protocol": _protocol_text(protocol), "labels": protocol.get("labels_used", "all"),
+            "accuracy": [], "knn_accuracy": [], "pair_accuracy": [], "seconds": [], "seeds": [], "ids": []})
+        for metric in ("accuracy", "knn_accuracy", "pair_accuracy"):
+            if metric in art.metrics:
+                group[metric].append(art.metrics[metric])
+        group["seconds"].append(_wall_time(store, art))
+        group["seeds"].append(seed)
+        group["ids"].append(art.short)
+    rows = []
+    for group in groups.values():
+        row = {k: group[k] for k in ("name", "objective", "protocol", "labels", "seeds", "ids")}
+        row["n"] = len(group["ids"])
+        for metric in ("accuracy", "knn_accuracy", "pair_accuracy"):
+            if group[metric]:
+                mean, std = mean_std(group[metric])
+                row[metric] = {"mean": mean, "std": std, "values": group[metric]}
+        row["wall_time_s"] = round(sum(group["seconds"]) / len(group["seconds"]), 1)
+        rows.append(row)
+    return rows
+
+
+def _protocol_text(protocol: dict[str, Any]) -> str:
+    parts = []
+    if protocol.get("protocol"):
+        parts.append(f"{protocol['protocol']}, {protocol.get('epochs', '?')} ep")
+    if protocol.get("knn"):
+        knn = protocol["knn"]
+        parts.append(f"{knn['k']}-NN {knn['metric']} {knn['vote']}")
+    return "; ".join(parts) or "-"
+
+
+def _wall_time(store: Store, artifact: Artifact) -> float:
+    """Training time behind an evaluation: the sum of its lineage's build times."""
+    total, seen, todo = 0.0, set(), [artifact.id]
+    while todo:
+        current = todo.pop()
+        if current in seen or not store.exists(current):
+            continue
+        seen.add(current)
+        art = store.get(current)
+        if art.kind in ("encoder", "probe"):
+            total += float(art.manifest.get("wall_time_s", 0))
+        todo.extend(art.inputs.values())
+    return total
+
+
+def format_mean_std(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    if len(cell["values"]) == 1:
+        return f"{100 * cell['mean']:.2f}"
+    return f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}"
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def views(ctx: Context, recipe_path: str, overrides: list[str] = (), count: int = 8, n_views: int = 4) -> Outcome:
+    """A PNG grid: original images next to the augmented views the recipe trains on."""
+    from clt.recipe import recipe_from_dict
+
+    raw = _recipe_raw(recipe_path, list(overrides), None)
+    recipe = recipe_from_dict(raw, recipe_path)
+    data_art = dataset_artifact(ctx, recipe.data.dataset)
+    spec = {"stage": "views", "augment": _plain(recipe.pretrain.augment), "objective": recipe.objective.name,
+            "inputs": {"dataset": data_art.id}, "count": count, "n_views": n_views, "seed": recipe.seed}
+
+    def build(tmp: Path, _id: str) -> dict[str, Any]:
+        import torch
+
+        from clt import plots
+        from clt.data.augment import BatchAugment, resolve_spec
+        from clt.registry import OBJECTIVES
+
+        data = load_dataset(data_art)
+        aug_spec = resolve_spec(recipe.pretrain.augment, data.name, data.in_shape[0])
+        augment = BatchAugment(aug_spec)
+        generator = torch.Generator().manual_seed(recipe.seed)
+        index = torch.randperm(len(data.train), generator=generator)[:count]
+        originals = data.train.images[index].float() / 255
+        columns = [originals] + [augment(originals, generator) for _ in range(n_views)]
+        rows = [torch.stack([col[i] for col in columns]).numpy() for i in range(len(index))]
+        titles = [data.classes[int(data.train.labels[i])] if data.labeled else "" for i in index]
+        plots.image_grid(rows, tmp / "views.png", titles,
+                         f"{recipe.name}: original, then {n_views} views ({OBJECTIVES[recipe.objective.name].views} "
+                         "per image per step)")
+        return {"augment": _plain(aug_spec), "metrics": {"images": int(len(index))}}
+
+    outcome = _produce(ctx, spec, "figure", build, name=recipe.name)
+    ctx.report.info(f"picture: {outcome.artifact.path / 'views.png'}")
+    return outcome

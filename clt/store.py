@@ -227,7 +227,7 @@ class Store:
                     return self.get(found)
             wanted = " or ".join(kinds) or "artifact"
             raise StoreError(f"no {wanted} in the store at '{self.root}'",
-                             hint or f"create one first (see `clt --help`), or pass --artifacts DIR")
+                             hint or "create one first (see `clt --help`), or pass --artifacts DIR")
         artifact = self._resolve_one(ref)
         if kinds and artifact.kind not in kinds:
             # a ref may name a recipe: '<recipe>' means its latest artifact of the wanted kind

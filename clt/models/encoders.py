@@ -154,3 +154,18 @@ def cifar_resnet(params: CifarResNetParams, in_shape: tuple[int, int, int]) -> n
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1)]
     return Encoder(nn.Sequential(*layers), in_shape, [])
+
+
+class _Pixels(nn.Module):
+    def __init__(self, in_shape: tuple[int, int, int]):
+        super().__init__()
+        self.out_dim = in_shape[0] * in_shape[1] * in_shape[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+@register_encoder("pixels")
+def pixels(params, in_shape: tuple[int, int, int]) -> nn.Module:
+    """No encoder: the standardised pixels themselves (for the logistic-regression baseline)."""
+    return _Pixels(in_shape)

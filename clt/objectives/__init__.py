@@ -4,4 +4,4 @@ Importing this package registers every objective. Pair and triplet selection liv
 `mining` and returns index tensors; the losses only say how much those pairs cost.
 """
 
-from clt.objectives import pair, cosine_pair, triplet, ntxent, supcon  # noqa: F401  (registers)
+from clt.objectives import cosine_pair, ntxent, pair, supcon, triplet  # noqa: F401  (registers)
