@@ -48,13 +48,16 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 class FileCheckpointer:
-    def __init__(self, folder: Path, meta: dict[str, Any] | None = None):
+    def __init__(self, folder: Path, meta: dict[str, Any] | None = None, writable: bool = True):
         self.folder = Path(folder)
         self.meta = meta or {}
+        self.writable = writable  # ranks other than 0 read checkpoints but never write them
 
     def save(self, state: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
+        if not self.writable:
+            return
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(state, tensors)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -89,5 +92,7 @@ class FileCheckpointer:
         return unflatten(doc["state"], tensors)
 
     def clear(self) -> None:
+        if not self.writable:
+            return
         for path in self.folder.glob("*"):
             path.unlink(missing_ok=True)

@@ -106,8 +106,23 @@ def _emit(outcome, json_out: bool = False) -> None:
         print(f"(cached: {outcome.artifact.kind} {outcome.artifact.short} already in the store)", file=sys.stderr)
 
 
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(name + "="):
+            out.append(item)
+    return out
+
+
 def _emit_many(outcomes: list, json_out: bool = False) -> None:
     """One id per line (one run per seed); with --json one object holding every run."""
+    outcomes = [o for o in outcomes if o is not None]  # ranks other than 0 print nothing
+    if not outcomes:
+        return
     if len(outcomes) == 1:
         _emit(outcomes[0], json_out)
         return
@@ -187,6 +202,8 @@ def pretrain(
                                             "recipe)."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an interrupted run of this recipe."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run (default)."),
+    nproc: int = typer.Option(1, "--nproc", help="Train in N processes (GPUs) with torch.distributed; same as "
+                              "torchrun --nproc_per_node N -m clt pretrain ..."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train an encoder with the recipe's contrastive objective; prints the encoder's id.
@@ -198,6 +215,12 @@ def pretrain(
     """
     from clt import stages
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from clt.distributed import launch
+
+        argv = _without_option(sys.argv[1:], "--nproc")
+        _run(lambda: launch(nproc, argv))
+        return
     overrides = list(set_)
     if precision:
         overrides.append(f"pretrain.precision={precision}")

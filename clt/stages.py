@@ -167,12 +167,34 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     from clt.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(raw, recipe_path)
+    from clt.distributed import from_environment
+
+    group = from_environment(ctx.device, recipe.pretrain.sync_batchnorm)
+    if group and not group.is_main:
+        ctx.report = Reporter()  # only rank 0 logs and draws progress
     data_art = dataset_artifact(ctx, recipe.data.dataset)
     spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
             "seed": recipe.seed}
+    if group and (recipe.pretrain.batch_size % group.world_size):
+        from clt.errors import RecipeError
+
+        raise RecipeError(f"pretrain.batch_size = {recipe.pretrain.batch_size} does not split over "
+                          f"{group.world_size} processes", "make the global batch size a multiple of --nproc")
+    artifact_id = address(spec)
+    if group and not group.is_main:
+        # other ranks train alongside rank 0 but write nothing; all agree on the artifact id
+        if not ctx.store.exists(artifact_id):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                _pretrain_build(ctx, recipe, data_art, Path(scratch), artifact_id, resume, group)
+        group.barrier()
+        return None
     outcome = _produce(ctx, spec, "encoder", lambda tmp, art_id: _pretrain_build(ctx, recipe, data_art, tmp,
-                                                                               art_id, resume),
+                                                                               art_id, resume, group),
                        name=recipe.name)
+    if group:
+        group.barrier()
     memo = address({"memo": "pretrain", "raw": raw, "dataset": data_art.id})
     ctx.store.set_ref(f"memo/{memo}", outcome.artifact.id)
     return outcome
@@ -186,7 +208,7 @@ def _produce(ctx: Context, spec: dict[str, Any], kind: str, build: Callable[[Pat
 
 
 def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str,
-                    resume: bool) -> dict[str, Any]:
+                    resume: bool, group=None) -> dict[str, Any]:
     import torch
 
     from clt import plots
@@ -197,13 +219,18 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
     from clt.registry import OBJECTIVES
     from clt.train import pretrain as run_pretrain
 
-    device = pick_device(ctx.device)
+    device = group.device if group else pick_device(ctx.device)
     precision = resolve_precision(ctx.precision or recipe.pretrain.precision, device)
     seed_everything(recipe.seed)
     data = load_dataset(data_art).to(device)
     objective = OBJECTIVES[recipe.objective.name]
     params = params_of(objective.params, recipe.objective.params)
     encoder = build_encoder(recipe.model.encoder, recipe.model.params, data.in_shape)
+    if group and group.sync_bn:
+        # converted in place of the encoder we save: SyncBatchNorm keeps BatchNorm's state-dict keys
+        out_dim = encoder.out_dim
+        encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        encoder.out_dim = out_dim
     model = encoder
     if recipe.model.projection:
         model = torch.nn.Sequential(encoder, mlp(encoder.out_dim, recipe.model.projection))
@@ -212,13 +239,17 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
         model = model.to(memory_format=torch.channels_last)
     augment = _augmenter(recipe, data, objective.views)
     forward_model = torch.compile(model) if recipe.pretrain.compile else model
-    checkpointer = FileCheckpointer(ctx.store.work_dir(artifact_id), {"id": artifact_id})
-    if not resume:
+    main = group is None or group.is_main
+    checkpointer = FileCheckpointer(ctx.store.work_dir(artifact_id), {"id": artifact_id}, writable=main)
+    if not resume and main:
         checkpointer.clear()
+    if group:
+        group.barrier()  # every rank sees the same checkpoint (or none) before it starts
     steps = len(data.train) // recipe.pretrain.batch_size
+    ranks = f" × {group.world_size} processes" if group else ""
     ctx.report.info(f"pretrain {recipe.name}: {recipe.model.encoder} + {recipe.objective.name} on "
                     f"{data.name} ({len(data.train)} images), {recipe.pretrain.epochs} epochs × {steps} steps, "
-                    f"{describe(device)}, {precision}")
+                    f"{describe(device)}{ranks}, {precision}")
     with ctx.report.progress("pretrain", recipe.pretrain.epochs * steps) as task:
         def on_step(r):
             task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
@@ -235,7 +266,7 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
 
         result = run_pretrain(forward_model, objective, params, data, recipe.pretrain, device=device,
                               precision=precision, seed=recipe.seed, augment=augment, on_step=on_step,
-                              on_epoch=on_epoch, checkpointer=checkpointer)
+                              on_epoch=on_epoch, checkpointer=checkpointer, distributed=group)
     if result.resumed_from:
         ctx.report.info(f"resumed from step {result.resumed_from}")
     _save_module(encoder, tmp / "encoder.safetensors")
@@ -243,9 +274,12 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
     if result.history:
         plots.loss_curve(result.history, tmp / "loss_curve.png", f"{recipe.name}: pretrain loss")
     last = result.history[-1] if result.history else {}
-    checkpointer.clear()
+    if group:
+        group.barrier()  # nobody may still be reading the checkpoint when rank 0 removes it
+    if main:
+        checkpointer.clear()
     return {
-        "device": describe(device),
+        "device": describe(device) + (f" × {group.world_size} processes" if group else ""),
         "precision": precision,
         "encoder": {"name": recipe.model.encoder, "params": recipe.model.params, "in_shape": list(data.in_shape),
                     "out_dim": encoder.out_dim},

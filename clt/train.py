@@ -153,7 +153,7 @@ def pretrain(
             with autocast(device, precision):
                 z = forward(x)
             if distributed:
-                z, y = distributed.gather(z.float()), distributed.gather_labels(y)
+                z, y = distributed.gather(z.float(), objective.views), distributed.gather_labels(y, objective.views)
             loss = objective.loss(z.float(), y, params)
             if not torch.isfinite(loss):
                 raise TrainingError(
