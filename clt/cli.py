@@ -79,9 +79,11 @@ def _run(fn: Callable[[], Any]) -> Any:
             raise
         console = _console()
         console.quiet = False
-        console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
+        from rich.markup import escape  # messages quote user input: "[/x]" is not markup
+
+        console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, markup=True, soft_wrap=True)
         if err.hint:
-            console.print(f"  [bold]fix:[/] {err.hint}", highlight=False)
+            console.print(f"  [bold]fix:[/] {escape(err.hint)}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted: finished artifacts are intact and nothing half-written was kept; "

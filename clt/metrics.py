@@ -52,6 +52,22 @@ def verification_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> tuple[np.
     return i, j, same
 
 
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The score threshold (same if score > t) with the highest accuracy on these pairs."""
+    order = np.argsort(scores)
+    sorted_scores, sorted_same = scores[order], same[order].astype(np.int64)
+    # threshold below position k: pairs [0, k) said different, [k, n) said same
+    different_right = np.concatenate([[0], np.cumsum(1 - sorted_same)])
+    same_right = sorted_same.sum() - np.concatenate([[0], np.cumsum(sorted_same)])
+    correct = different_right + same_right
+    k = int(np.argmax(correct))
+    if k == 0:
+        return float(sorted_scores[0] - 1e-6)
+    if k == len(scores):
+        return float(sorted_scores[-1] + 1e-6)
+    return float((sorted_scores[k - 1] + sorted_scores[k]) / 2)
+
+
 def knn_predict(
     train: torch.Tensor,
     train_labels: torch.Tensor,

@@ -56,16 +56,37 @@ def few_label_subset(labels: torch.Tensor, seed: int, per_class: int | None = No
     return torch.cat(picked).sort().values
 
 
-def build_head(cfg: ProbeConfig, in_dim: int, n_classes: int) -> nn.Module:
-    if cfg.head == "linear":
-        return nn.Linear(in_dim, n_classes)
-    return mlp(in_dim, [*cfg.hidden, n_classes], batch_norm=False)
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation (train-feature mean and std, stored as buffers).
+
+    A fixed affine map, so a linear head stays linear; it makes one epoch of Adam enough
+    whatever scale the encoder's features have (MAE's linear probe does the same with a
+    non-affine BatchNorm)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def build_head(cfg: ProbeConfig, in_dim: int, n_classes: int) -> nn.Sequential:
+    layers = nn.Linear(in_dim, n_classes) if cfg.head == "linear" else mlp(in_dim, [*cfg.hidden, n_classes])
+    return nn.Sequential(Standardize(in_dim), layers)
 
 
 def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, cfg: ProbeConfig, seed: int,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Cross-entropy training of a head on fixed features; the encoder is not involved."""
     device = features.device
+    if isinstance(head[0], Standardize):
+        head[0].fit(features)
     optimizer = make_optimizer(cfg, head.parameters())
     generator = torch.Generator().manual_seed(seed)
     history = []

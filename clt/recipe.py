@@ -69,6 +69,7 @@ class PretrainConfig:
     precision: Precision = "auto"
     channels_last: bool = False
     compile: bool = False
+    sync_batchnorm: bool = False  # with several processes: batch-norm statistics over the global batch
     augment: AugmentConfig | None = None
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = once per epoch
 
@@ -161,6 +162,10 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            # an unclosed bracket or quote is only noticed later (often at the end of the file)
+            problem += f" ({context} that starts at line {start.line + 1})"
         raise RecipeError(
             f"{where}: malformed YAML{at}: {problem}", "fix the YAML syntax (indentation, colons, quotes)"
         ) from None
@@ -175,6 +180,9 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
 def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typing.Iterable[str] = ()) -> Recipe:
     import copy
 
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping of sections, got {type(raw).__name__}",
+                          "start the recipe with keys such as 'data:', 'model:', 'objective:'")
     raw = copy.deepcopy(raw)
     for item in overrides:
         apply_override(raw, item, where)
@@ -220,7 +228,13 @@ def _fold_named_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise RecipeError(f"{where}: '{section}' must be a mapping, got {type(body).__name__}",
                               f"write '{section}:' followed by indented keys")
         own = {f.name for f in dataclasses.fields(ModelConfig if section == "model" else ObjectiveConfig)}
-        params = dict(body.get("params") or {})
+        params = body.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RecipeError(f"{where}: '{section}.params' must be a mapping, got {type(params).__name__}",
+                              f"write the parameters as keys of '{section}:' (or of '{section}.params:')")
+        params = dict(params)
         folded = {}
         for key, value in body.items():
             if key in own:
@@ -241,7 +255,13 @@ def _check_registered(recipe: Recipe, where: str) -> None:
     if enc is None:
         raise RecipeError(f"{where}: model.encoder '{recipe.model.encoder}' is not a registered encoder",
                           did_you_mean(recipe.model.encoder, ENCODERS.names()))
-    recipe.model.params = to_plain(from_dict(enc.params, recipe.model.params, where, "model"))
+    enc_params = from_dict(enc.params, recipe.model.params, where, "model")
+    check = getattr(enc_params, "check", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            raise RecipeError(f"{where}: model: {problem}", "change the value in the recipe or with --set")
+    recipe.model.params = to_plain(enc_params)
     obj = OBJECTIVES.get(recipe.objective.name)
     if obj is None:
         raise RecipeError(f"{where}: objective.name '{recipe.objective.name}' is not a registered objective",
@@ -333,12 +353,15 @@ def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             # YAML reads 1e-3 (no dot) as a string: accept a numeric string here
+            number = None
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    number = float(value)
                 except ValueError:
                     pass
-            raise _type_error(where, dotted, value, "a number")
+            if number is None:
+                raise _type_error(where, dotted, value, "a number")
+            value = number
         if value != value or value in (float("inf"), float("-inf")):
             raise _type_error(where, dotted, value, "a finite number")
         return float(value)

@@ -73,6 +73,9 @@ class ObjectiveEntry:
     uses_labels: bool = True
     # verify(fa, fb, params) -> bool tensor "same class?": enables pair-verification metrics
     verify: Callable[..., Any] | None = None
+    # score(fa, fb, params) -> float tensor, higher = more alike: lets evaluation pick the
+    # verification threshold on training pairs instead of using verify's fixed one
+    score: Callable[..., Any] | None = None
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -90,9 +93,10 @@ def register_encoder(name: str, params: type = NoParams):
 
 
 def register_objective(name: str, params: type = NoParams, *, views: int = 1, uses_labels: bool = True,
-                       verify: Callable[..., Any] | None = None):
+                       verify: Callable[..., Any] | None = None, score: Callable[..., Any] | None = None):
     def deco(fn):
-        OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, _first_line(fn.__doc__)))
+        OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, score,
+                                            _first_line(fn.__doc__)))
         return fn
 
     return deco

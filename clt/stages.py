@@ -326,7 +326,7 @@ def load_encoder(artifact: Artifact, device) -> Any:
     return encoder.to(device).eval()
 
 
-def load_weights(module, weights: dict, where: str) -> None:
+def load_weights(module, weights: dict, where: str, what: str = "the recipe's encoder") -> None:
     """Load a state dict, refusing one whose names or shapes do not fit, and naming them."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -341,8 +341,8 @@ def load_weights(module, weights: dict, where: str) -> None:
             parts.append("missing: " + ", ".join(missing[:5]))
         if unexpected:
             parts.append("unexpected: " + ", ".join(unexpected[:5]))
-        raise StoreError(f"{where} does not fit the recipe's encoder ({'; '.join(parts)})",
-                         "use weights trained with the same encoder and input shape")
+        raise StoreError(f"{where} does not fit {what} ({'; '.join(parts)})",
+                         "use weights trained with the same architecture and input shape, or rebuild the artifact")
     module.load_state_dict(weights)
 
 
@@ -444,7 +444,8 @@ def load_probe(store: Store, artifact: Artifact, device):
     cfg = from_dict(ProbeConfig, artifact.manifest["spec"]["probe"], "stored probe", "probe")
     info = artifact.manifest["head"]
     head = build_head(cfg, info["in_dim"], info["classes"])
-    load_weights(head, load_file(str(artifact.file("head.safetensors"))), f"{artifact.short}/head.safetensors")
+    load_weights(head, load_file(str(artifact.file("head.safetensors"))), f"{artifact.short}/head.safetensors",
+                 "the probe's head")
     return encoder, head.to(device).eval()
 
 
@@ -462,7 +463,7 @@ def evaluate(ctx: Context, ref: str | None = None, confusion: bool = False, knn:
     encoder_art = _encoder_of(ctx.store, target)
     recipe = _stored_recipe(encoder_art, [])
     options = {"confusion": confusion, "pairs": pairs and _verifiable(encoder_art),
-               "n_pairs": recipe.evaluate.pairs, "knn": knn,
+               "n_pairs": recipe.evaluate.pairs, "pair_threshold": "chosen on train pairs", "knn": knn,
                "knn_metric": knn_metric or recipe.evaluate.knn_metric,
                "knn_vote": knn_vote or recipe.evaluate.knn_vote,
                "knn_temperature": recipe.evaluate.knn_temperature}
@@ -528,19 +529,38 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
                                     f"{target.name}: accuracy {results['accuracy']:.2%}")
     encoder = load_encoder(encoder_art, device)
     test_features = extract_features(encoder, gpu_data, gpu_data.test, device)
+    cache: dict[str, Any] = {}
+
+    def train_features_once():
+        if "train" not in cache:  # shared by threshold calibration and kNN: computed once
+            cache["train"] = extract_features(encoder, gpu_data, gpu_data.train, device)
+        return cache["train"]
+
     if options["pairs"]:
         objective = OBJECTIVES[encoder_art.recipe["objective"]["name"]]
         params = params_of(objective.params, encoder_art.recipe["objective"]["params"])
         i, j, same = metrics.verification_pairs(true, options["n_pairs"], seed=0)
+        at = lambda idx: torch.as_tensor(idx, device=device)  # noqa: E731
         with torch.no_grad():
-            said = objective.verify(test_features[torch.as_tensor(i, device=device)],
-                                    test_features[torch.as_tensor(j, device=device)], params).cpu().numpy()
+            said = objective.verify(test_features[at(i)], test_features[at(j)], params).cpu().numpy()
+        results["pair_accuracy_fixed_threshold"] = metrics.accuracy(same, said)
+        protocol["pairs"] = {"test_pairs": int(len(i)), "same_share": float(same.mean()), "seed": 0}
+        if objective.score is not None:
+            # the threshold is chosen on training pairs, never on the test pairs it is scored on
+            train_features = train_features_once()
+            ti, tj, tsame = metrics.verification_pairs(data.train.labels.numpy(), options["n_pairs"], seed=1)
+            with torch.no_grad():
+                train_scores = objective.score(train_features[at(ti)], train_features[at(tj)], params).cpu().numpy()
+                test_scores = objective.score(test_features[at(i)], test_features[at(j)], params).cpu().numpy()
+            threshold = metrics.best_threshold(train_scores, tsame)
+            said = test_scores > threshold
+            protocol["pairs"]["threshold"] = {"value": threshold, "chosen_on": f"{len(ti)} train pairs"}
         results["pair_accuracy"] = metrics.accuracy(same, said)
         results["pair_confusion"] = metrics.confusion_matrix(same.astype(int), said.astype(int), 2).tolist()
         results["pairs"] = int(len(i))
     if options["knn"]:
         started = time.perf_counter()
-        train_features = extract_features(encoder, gpu_data, gpu_data.train, device)
+        train_features = train_features_once()
         pred = metrics.knn_predict(train_features, gpu_data.train.labels, test_features, options["knn"],
                                    len(classes), options["knn_metric"], options["knn_vote"],
                                    options["knn_temperature"]).cpu().numpy()

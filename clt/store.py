@@ -181,6 +181,8 @@ class Store:
         if not self.objects.is_dir():
             return found
         for shard in sorted(self.objects.iterdir()):
+            if not shard.is_dir():
+                continue  # a stray file (e.g. .DS_Store) is not an artifact
             for entry in shard.iterdir():
                 try:
                     found.append(self.load(entry, shard.name + entry.name))
@@ -191,7 +193,8 @@ class Store:
     def ids(self) -> list[str]:
         if not self.objects.is_dir():
             return []
-        return [shard.name + entry.name for shard in self.objects.iterdir() for entry in shard.iterdir()]
+        return [shard.name + entry.name for shard in self.objects.iterdir() if shard.is_dir()
+                for entry in shard.iterdir()]
 
     # ------------------------------------------------------------------ refs
     def ref_path(self, name: str) -> Path:

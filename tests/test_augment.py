@@ -73,10 +73,14 @@ def test_non_float_input_is_rejected() -> None:
         BatchAugment(PRESETS["digits"])(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), gen())
 
 
-def test_input_is_not_modified() -> None:
+@pytest.mark.parametrize("spec", [
+    PRESETS["imagenet_like"],
+    AugmentSpec(None, jitter=1.0, grayscale=0.5, blur=0.5),  # no geometry, so no copy made there
+])
+def test_input_is_not_modified(spec: AugmentSpec) -> None:
     x = rand_batch()
     before = x.clone()
-    BatchAugment(PRESETS["imagenet_like"])(x, gen())
+    BatchAugment(spec)(x, gen())
     assert torch.equal(x, before)
 
 
@@ -188,6 +192,14 @@ def test_grayscale_always_gives_equal_channels_with_luma() -> None:
     luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     for c in range(3):
         torch.testing.assert_close(out[:, c], luma)
+
+
+def test_grayscale_half_leaves_the_other_images_exactly() -> None:
+    x = rand_batch(b=64)
+    out = only(grayscale=0.5)(x, gen())
+    grey = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert (grey ^ kept).all() and 10 < grey.sum() < 54
 
 
 def test_grayscale_on_one_channel_is_a_no_op() -> None:

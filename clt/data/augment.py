@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,9 @@ PRESETS: dict[str, AugmentSpec] = {
                                  blur=0.5),
     # Digits must stay readable: mild crop, small affine, no flip (a flipped 2 is not a 2), no colour.
     "digits": AugmentSpec(crop_scale=(0.7, 1.0), rotate=15.0, translate=0.1),
+    # Supervised-style light augmentation for label-driven objectives (triplet, pairs) on CIFAR:
+    # a mild crop and a flip, no colour distortion.
+    "cifar_light": AugmentSpec(crop_scale=(0.6, 1.0), flip=0.5),
     "none": AugmentSpec(crop_scale=None),
 }
 DIGIT_DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -116,13 +120,16 @@ class BatchAugment:
         u = torch.rand(x.shape[0], _N_DRAWS, generator=generator, device=generator.device)
         u = u.to(device=x.device, dtype=x.dtype)
         out = self._geometry(x, u)
+        if out is x:
+            out = x.clone()  # the steps below write in place; the caller's batch must stay untouched
         if s.jitter > 0 and s.jitter_prob > 0:
-            out = torch.where(_mask(u[:, _JIT], s.jitter_prob), _jitter(out, u, s.jitter), out)
+            out = _apply_some(out, u[:, _JIT] < s.jitter_prob, lambda y, i: _jitter(y, u[i], s.jitter))
         if s.grayscale > 0 and x.shape[1] == 3:
-            out = torch.where(_mask(u[:, _GRAY], s.grayscale), _gray(out).expand_as(out), out)
+            out = _apply_some(out, u[:, _GRAY] < s.grayscale, lambda y, i: _gray(y).expand_as(y))
         if s.blur > 0:
-            out = _blur_some(out, u[:, _BLUR] < s.blur, 0.1 + 1.9 * u[:, _SIGMA])
-        return out.clamp_(0.0, 1.0) if out is not x else out.clamp(0.0, 1.0)
+            sigma = 0.1 + 1.9 * u[:, _SIGMA]
+            out = _apply_some(out, u[:, _BLUR] < s.blur, lambda y, i: _gaussian_blur(y, sigma[i]))
+        return out.clamp_(0.0, 1.0)
 
     def _geometry(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         s = self.spec
@@ -142,6 +149,22 @@ def views(x: torch.Tensor, augment: BatchAugment, generator: torch.Generator, n:
     """n augmented views, concatenated as [view 1 of all images; view 2 of all images; ...]."""
     # One call over the repeated batch: the same per-image randomness, one pass of each kernel.
     return augment(x.repeat(n, 1, 1, 1), generator)
+
+
+def _apply_some(x: torch.Tensor, selected: torch.Tensor,
+                fn: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor]) -> torch.Tensor:
+    """x with `fn(images, rows)` applied to the selected images only; `rows` indexes per-image parameters.
+
+    On CPU only the selected images are computed and written back in place (x must be ours). Elsewhere
+    every image is computed and the result picked with `where`, because finding the selected indices
+    (`nonzero`) would make the host wait for the accelerator.
+    """
+    if x.device.type != "cpu":
+        return torch.where(selected.view(-1, 1, 1, 1), fn(x, slice(None)), x)
+    idx = selected.nonzero().squeeze(1)
+    if idx.numel() > 0:
+        x[idx] = fn(x[idx], idx)
+    return x
 
 
 def _mask(u: torch.Tensor, p: float) -> torch.Tensor:
@@ -179,8 +202,9 @@ def _sampling_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     ys = ((torch.arange(h, dtype=theta.dtype, device=theta.device) * 2 + 1) / h - 1).view(-1, 1)
     t = theta.view(-1, 2, 3, 1, 1)
     grid = torch.empty(theta.shape[0], h, w, 2, dtype=theta.dtype, device=theta.device)
-    grid[..., 0] = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
-    grid[..., 1] = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
+    for k in range(2):
+        # The column term (B, 1, W) and the row term (B, H, 1) are small: one full-size pass per coordinate.
+        torch.add(t[:, k, 0] * xs, t[:, k, 1] * ys + t[:, k, 2], out=grid[..., k])
     return grid
 
 
@@ -280,16 +304,6 @@ def blur_kernel_size(h: int, w: int) -> int:
     side = min(h, w)
     k = max(3, round(0.1 * side) | 1)
     return min(k, side if side % 2 else side - 1)
-
-
-def _blur_some(x: torch.Tensor, selected: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian-blur only the selected images, each with its own sigma."""
-    idx = selected.nonzero().squeeze(1)
-    if idx.numel() == 0:
-        return x
-    out = x.clone()
-    out[idx] = _gaussian_blur(x[idx], sigma[idx])
-    return out
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,11 @@ def verify_cosine(fa: torch.Tensor, fb: torch.Tensor, params: CosinePairParams) 
     return F.cosine_similarity(fa.float(), fb.float(), dim=1) > 0.5
 
 
-@register_objective("cosine_pair", CosinePairParams, verify=verify_cosine)
+def score_cosine(fa: torch.Tensor, fb: torch.Tensor, params: CosinePairParams) -> torch.Tensor:
+    return F.cosine_similarity(fa.float(), fb.float(), dim=1)
+
+
+@register_objective("cosine_pair", CosinePairParams, verify=verify_cosine, score=score_cosine)
 def cosine_pair_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: CosinePairParams) -> torch.Tensor:
     """(B, D), (B,) -> scalar: squared error of every in-batch pair's cosine against its target."""
     i, j, same = all_pairs(labels)

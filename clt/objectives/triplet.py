@@ -31,7 +31,14 @@ def verify_triplet(fa: torch.Tensor, fb: torch.Tensor, params: TripletParams) ->
     return ((fa - fb) ** 2).sum(1) < params.margin
 
 
-@register_objective("triplet", TripletParams, verify=verify_triplet)
+def score_triplet(fa: torch.Tensor, fb: torch.Tensor, params: TripletParams) -> torch.Tensor:
+    fa, fb = fa.float(), fb.float()
+    if params.normalize:
+        fa, fb = torch.nn.functional.normalize(fa, dim=1), torch.nn.functional.normalize(fb, dim=1)
+    return -((fa - fb) ** 2).sum(1)
+
+
+@register_objective("triplet", TripletParams, verify=verify_triplet, score=score_triplet)
 def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: TripletParams,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, D), (B,) -> scalar. batch_all averages over the triplets that still violate the margin."""
