@@ -79,17 +79,28 @@ class FileCheckpointer:
             return 0
 
     def load(self) -> dict[str, Any] | None:
-        from safetensors.torch import load_file
+        """The last complete checkpoint, or None when there is none or it cannot be trusted.
+
+        A checkpoint is only a shortcut: one that is damaged, from another generation or
+        not a safetensors file at all (never unpickled) means starting over, not a crash.
+        """
+        from safetensors import SafetensorError, safe_open
 
         try:
             doc = json.loads((self.folder / STATE).read_text())
         except (OSError, ValueError):
             return None
-        if doc.get("meta") != self.meta:
+        if not isinstance(doc, dict) or doc.get("meta") != self.meta:
             return None
-        generation = doc["generation"]
-        tensors = load_file(str(self.folder / f"{generation % 2}.{TENSORS}"))
-        return unflatten(doc["state"], tensors)
+        try:
+            generation = int(doc["generation"])
+            with safe_open(str(self.folder / f"{generation % 2}.{TENSORS}"), framework="pt") as fh:
+                if (fh.metadata() or {}).get("generation") != str(generation):
+                    return None  # the JSON names a tensor file of another generation
+                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+            return unflatten(doc["state"], tensors)
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+            return None
 
     def clear(self) -> None:
         if not self.writable:

@@ -52,6 +52,16 @@ def verification_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> tuple[np.
     return i, j, same
 
 
+def random_partner_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pair per image with a random other image, as per-sample pair loaders draw them
+    (about 1/classes of the pairs share a class): (i, j, same)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    i = np.arange(len(labels))
+    j = (i + rng.integers(1, len(labels), size=len(labels))) % len(labels)
+    return i, j, labels[i] == labels[j]
+
+
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     """The score threshold (same if score > t) with the highest accuracy on these pairs."""
     order = np.argsort(scores)

@@ -15,10 +15,12 @@ class RichReporter(Reporter):
         self.console = console
 
     def info(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def table(self, renderable: Any) -> None:
         self.console.print(renderable)

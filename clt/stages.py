@@ -17,6 +17,8 @@ from clt.errors import CltError, DataError, StoreError, did_you_mean
 from clt.store import Artifact, Store, address, canonical_json
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+# bumped whenever what `evaluate` measures changes, so stored evaluations are not reused
+EVALUATE_PROTOCOL = 2
 
 
 class Reporter:
@@ -467,7 +469,8 @@ def evaluate(ctx: Context, ref: str | None = None, confusion: bool = False, knn:
                "knn_metric": knn_metric or recipe.evaluate.knn_metric,
                "knn_vote": knn_vote or recipe.evaluate.knn_vote,
                "knn_temperature": recipe.evaluate.knn_temperature}
-    spec = {"stage": "evaluate", "inputs": {"target": target.id}, "options": options}
+    spec = {"stage": "evaluate", "protocol_version": EVALUATE_PROTOCOL, "inputs": {"target": target.id},
+            "options": options}
     outcome = _produce(ctx, spec, "evaluation",
                        lambda tmp, _id: _evaluate_build(ctx, target, encoder_art, recipe, options, tmp),
                        name=target.name)
@@ -555,6 +558,11 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
             threshold = metrics.best_threshold(train_scores, tsame)
             said = test_scores > threshold
             protocol["pairs"]["threshold"] = {"value": threshold, "chosen_on": f"{len(ti)} train pairs"}
+            ri, rj, rsame = metrics.random_partner_pairs(true, seed=0)
+            with torch.no_grad():
+                random_scores = objective.score(test_features[at(ri)], test_features[at(rj)], params).cpu().numpy()
+            results["pair_accuracy_random_partner"] = metrics.accuracy(rsame, random_scores > threshold)
+            protocol["pairs"]["random_partner"] = {"pairs": int(len(ri)), "same_share": float(rsame.mean())}
         results["pair_accuracy"] = metrics.accuracy(same, said)
         results["pair_confusion"] = metrics.confusion_matrix(same.astype(int), said.astype(int), 2).tolist()
         results["pairs"] = int(len(i))
@@ -576,7 +584,8 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
                 plots.confusion_heatmap(matrix, classes, tmp / "confusion.png",
                                         f"{target.name}: {options['knn']}-NN accuracy {results['knn_accuracy']:.2%}")
     (tmp / "metrics.json").write_text(json.dumps(results, indent=1))
-    headline = {k: results[k] for k in ("accuracy", "pair_accuracy", "knn_accuracy") if k in results}
+    headline = {k: results[k] for k in ("accuracy", "pair_accuracy", "pair_accuracy_random_partner", "knn_accuracy")
+                if k in results}
     return {"device": describe(device), "metrics": headline, "results": results, "protocol": protocol,
             "classes": classes}
 
@@ -589,7 +598,7 @@ def _show_evaluation(ctx: Context, artifact: Artifact) -> None:
     summary = Table(title=f"evaluation of {artifact.name or ''} ({artifact.short})")
     summary.add_column("metric")
     summary.add_column("value", justify="right")
-    for key in ("accuracy", "knn_accuracy", "pair_accuracy"):
+    for key in ("accuracy", "knn_accuracy", "pair_accuracy", "pair_accuracy_random_partner"):
         if key in results:
             summary.add_row(key.replace("_", " "), f"{results[key]:.4%}")
     ctx.report.table(summary)
@@ -606,7 +615,7 @@ def _show_evaluation(ctx: Context, artifact: Artifact) -> None:
         ctx.report.table(table)
     if "pair_confusion" in results:
         (tn, fp), (fn, tp) = results["pair_confusion"]
-        table = Table(title=f"pair verification on {results['pairs']} test pairs")
+        table = Table(title=f"pair verification on {results['pairs']} test pairs (half same-class)")
         table.add_column("")
         table.add_column("said different", justify="right")
         table.add_column("said same", justify="right")

@@ -37,6 +37,9 @@ class Encoder(nn.Module):
 class PairCNNParams:
     features: int = 128
 
+    def check(self) -> str | None:
+        return None if self.features >= 1 else f"pair_cnn features = {self.features} must be >= 1"
+
 
 @register_encoder("pair_cnn", PairCNNParams)
 def pair_cnn(params: PairCNNParams, in_shape: tuple[int, int, int]) -> nn.Module:
@@ -60,6 +63,13 @@ class CosineCNNParams:
     features: int = 64
     hidden: int = 512
     dropout: float = 0.3
+
+    def check(self) -> str | None:
+        if self.features < 1 or self.hidden < 1:
+            return f"cosine_cnn features and hidden must be >= 1 (got {self.features}, {self.hidden})"
+        if not 0 <= self.dropout < 1:
+            return f"cosine_cnn dropout = {self.dropout} must be in [0, 1)"
+        return None
 
 
 @register_encoder("cosine_cnn", CosineCNNParams)
