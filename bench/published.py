@@ -143,11 +143,12 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
-    parser.add_argument("--results", default=str(RESULTS), help="Folder for the tables.")
-    parser.add_argument("--shared", default=str(SHARED), help="Folder holding the real datasets.")
+    parser.add_argument("--results", default=None, help="Folder for the tables (default bench/results).")
+    parser.add_argument("--shared", default=None, help="Folder holding the real datasets (default ../shared/datasets).")
     args = parser.parse_args()
     global RESULTS, SHARED
-    RESULTS, SHARED = Path(args.results), Path(args.shared)
+    RESULTS = Path(args.results) if args.results else RESULTS
+    SHARED = Path(args.shared) if args.shared else SHARED
     ctx = stages.Context(Store(args.artifacts), device=args.device, report=Log())
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     for name in names:
