@@ -10,6 +10,7 @@ supervised contrastive see all 2·B−2 negatives of the global batch, exactly a
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +99,13 @@ def from_environment(device_name: str = "auto", sync_bn: bool = False) -> Distri
         return None
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        from clt.errors import CltError
+
+        local, visible = os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1)), torch.cuda.device_count()
+        raise CltError(f"{local} processes on this machine need {local} GPUs, but {visible} visible",
+                       f"use --nproc {visible} (one process per GPU), or --device cpu")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -118,7 +125,13 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         run(args)
     except Exception as err:  # noqa: BLE001 - the children already printed their own errors
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+
         from clt.errors import TrainingError
+
+        if isinstance(err, SignalException) and err.sigval == signal.SIGINT:
+            # Ctrl-C: the ranks printed "interrupted" and kept their checkpoint; exit as they did
+            raise SystemExit(130) from None
 
         raise TrainingError(f"{nproc}-process run failed: {type(err).__name__}",
                             "see the first error the ranks printed above") from None

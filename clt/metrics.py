@@ -116,10 +116,13 @@ def knn_predict(
             if metric == "euclidean":
                 # -‖q−t‖² up to a per-query constant (‖q‖²), which does not change the ranking
                 sim = 2 * sim - train_sq[ts:ts + train_chunk][None, :]
-            sim, idx = torch.cat([best_sim, sim], 1), torch.cat([best_idx, torch.arange(
-                ts, ts + len(block), device=q.device).expand(len(q), -1)], 1)
-            best_sim, pos = sim.topk(min(k, sim.shape[1]), dim=1)
-            best_idx = idx.gather(1, pos)
+            # top-k of this block alone, then merge with the running top-k: only 2k candidates
+            # per query are ever concatenated, never a block-sized index matrix
+            block_sim, block_pos = sim.topk(min(k, sim.shape[1]), dim=1)
+            merged_sim = torch.cat([best_sim, block_sim], 1)
+            merged_idx = torch.cat([best_idx, block_pos + ts], 1)
+            best_sim, pos = merged_sim.topk(min(k, merged_sim.shape[1]), dim=1)
+            best_idx = merged_idx.gather(1, pos)
         neighbours = train_labels[best_idx]
         if vote == "majority":
             weights = torch.ones_like(best_sim)

@@ -269,7 +269,7 @@ class Store:
                 listed = ", ".join(m[:SHORT] for m in sorted(matches)[:5])
                 raise StoreError(f"artifact id prefix '{ref}' is ambiguous: it matches {len(matches)} artifacts "
                                  f"({listed})", "give more characters of the id")
-        known = list(self.refs())
+        known = [name for name in self.refs() if not name.startswith("memo/")]
         raise StoreError(f"no artifact '{ref}' in the store at '{self.root}'",
                          did_you_mean(ref, known) + "; `clt ls` lists artifacts" if known
                          else "the store is empty: run a stage first, or pass --artifacts DIR")
