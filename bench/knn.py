@@ -37,8 +37,9 @@ def run(n_train: int, n_query: int, dim: int, k: int, vote: str) -> dict:
     top = (q @ t.T).topk(k, dim=1).indices
     expected = torch.zeros(64, 10).scatter_add_(1, labels[top], torch.ones(64, k)).argmax(1)
     agree = float((expected == pred[:64]).float().mean())
+    peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"train": n_train, "queries": n_query, "dim": dim, "k": k, "vote": vote, "seconds": round(seconds, 2),
-            "agree_with_brute_force": agree, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "agree_with_brute_force": agree, "peak_rss_mb": peak}
 
 
 def main() -> None:

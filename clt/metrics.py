@@ -133,8 +133,13 @@ def knn_predict(
             weights = torch.exp((sims - sims.max(1, keepdim=True).values) / temperature)
         scores = torch.zeros(len(q), n_classes, device=q.device)
         scores.scatter_add_(1, neighbours, weights)
-        # ties in a majority vote go to the class of the nearest neighbour among the tied
-        scores += 1e-6 * torch.zeros_like(scores).scatter_(1, neighbours[:, :1], 1.0)
+        if vote == "majority":
+            # ties go to the tied class whose nearest member is nearest: rank of each class's
+            # first neighbour, as a tie-break below one vote
+            ranks = torch.arange(neighbours.shape[1], device=q.device).expand_as(neighbours)
+            first = torch.full((len(q), n_classes), neighbours.shape[1], device=q.device, dtype=torch.long)
+            first.scatter_reduce_(1, neighbours, ranks, reduce="amin")
+            scores = scores * (neighbours.shape[1] + 1) - first
         out.append(scores.argmax(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
