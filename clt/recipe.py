@@ -118,6 +118,7 @@ _NAMED_SECTIONS = {"model": "encoder", "objective": "name"}
 # Range checks: (section, key) -> (predicate, what it must be).
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("pretrain", "batch_size"): (lambda v: v >= 2, ">= 2 (contrastive losses compare samples in a batch)"),
     ("pretrain", "lr"): (lambda v: v > 0, "> 0"),
     ("pretrain", "weight_decay"): (lambda v: v >= 0, ">= 0"),
@@ -134,7 +135,8 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("evaluate", "pairs"): (lambda v: v >= 2, ">= 2"),
     ("evaluate", "knn_k"): (lambda v: v >= 1, ">= 1"),
     ("evaluate", "knn_temperature"): (lambda v: v > 0, "> 0"),
-    ("model", "projection"): (lambda v: v is None or all(w >= 1 for w in v), "a list of positive widths"),
+    ("model", "projection"): (lambda v: v is None or all(1 <= w <= 65536 for w in v),
+                              "a list of widths between 1 and 65536"),
 }
 
 
@@ -156,8 +158,14 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
     import yaml
 
     try:
-        # safe_load only: a tag such as !!python/object must never construct anything
-        raw = yaml.safe_load(text)
+        # safe loading only: a tag such as !!python/object must never construct anything; and
+        # no anchors/aliases, which let a few hundred bytes expand into gigabytes
+        raw = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except _AliasFound as err:
+        raise RecipeError(f"{where}: YAML aliases (*{err}) are not allowed in recipes",
+                          "write the values out instead of using &anchors and *aliases") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: the YAML is nested too deeply", "flatten the recipe") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -175,6 +183,32 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
         raise RecipeError(f"{where}: a recipe must be a mapping of sections, got {type(raw).__name__}",
                           "start the file with keys such as 'data:', 'model:', 'objective:'")
     return raw
+
+
+class _AliasFound(Exception):
+    pass
+
+
+def _recipe_loader():
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                raise _AliasFound(self.peek_event().anchor)
+            return super().compose_node(parent, index)
+
+    return RecipeLoader
+
+
+class _LazyLoader:
+    """Built on first use so that importing clt.recipe does not import yaml."""
+
+    def __call__(self, stream):
+        return _recipe_loader()(stream)
+
+
+_RecipeLoader = _LazyLoader()
 
 
 def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typing.Iterable[str] = ()) -> Recipe:
@@ -275,7 +309,23 @@ def _check_registered(recipe: Recipe, where: str) -> None:
     recipe.objective.params = to_plain(params)
 
 
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+RESERVED_NAMES = ("latest", "dataset", "memo")
+
+
 def _check_ranges(recipe: Recipe, where: str) -> None:
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, recipe.name) or ".." in recipe.name or \
+            recipe.name.split("-")[0] in RESERVED_NAMES:
+        raise RecipeError(f"{where}: name {recipe.name!r} is not a usable recipe name",
+                          "use 1-100 letters, digits, '.', '_' or '-' (not 'latest', 'dataset' or 'memo')")
+    if not 0 <= recipe.seed < 2**32:
+        raise RecipeError(f"{where}: seed = {recipe.seed} is out of range: it must be in [0, 2**32)",
+                          "pick a smaller seed")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", recipe.data.dataset):
+        raise RecipeError(f"{where}: data.dataset {recipe.data.dataset!r} is not a dataset name",
+                          "use the name given to `clt download` (letters, digits, '.', '_', '-')")
     for (section, key), (ok, must) in _RANGES.items():
         value = getattr(getattr(recipe, section), key)
         if not ok(value):

@@ -8,6 +8,7 @@ CLI starts fast and a cache hit returns before torch is loaded.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,14 @@ def _recipe_raw(path: str, overrides: list[str], seed: int | None) -> dict[str, 
         from clt.errors import RecipeError
 
         raise RecipeError(f"recipe file '{path}' does not exist", "check the path; recipes live in recipes/")
-    raw = parse_yaml(file.read_text(), path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        from clt.errors import RecipeError
+
+        raise RecipeError(f"recipe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
+                          "save the recipe as UTF-8 YAML") from None
+    raw = parse_yaml(text, path)
     raw.setdefault("name", file.stem)
     for item in overrides:
         apply_override(raw, item, path)
@@ -158,7 +166,9 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     # Fast path: the same recipe text, overrides and dataset as a finished run. Answered from
     # a memo ref without importing torch, so an unchanged re-run prints its id at once.
     found = ctx.store.read_ref(f"dataset/{dataset_name}") if isinstance(dataset_name, str) else None
-    memo = address({"memo": "pretrain", "raw": raw, "dataset": found}) if found else None
+    # every rank of a multi-process run must join the process group, so no early answers there
+    single = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    memo = address({"memo": "pretrain", "raw": raw, "dataset": found}) if found and single else None
     if memo:
         hit = ctx.store.read_ref(f"memo/{memo}")
         if hit and ctx.store.exists(hit):
@@ -235,7 +245,11 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
         encoder.out_dim = out_dim
     model = encoder
     if recipe.model.projection:
-        model = torch.nn.Sequential(encoder, mlp(encoder.out_dim, recipe.model.projection))
+        try:
+            model = torch.nn.Sequential(encoder, mlp(encoder.out_dim, recipe.model.projection))
+        except (RuntimeError, MemoryError) as err:
+            raise CltError(f"model.projection {recipe.model.projection} cannot be built: {err}",
+                           "use smaller projection widths, e.g. [128, 64]") from None
     model = model.to(device)
     if recipe.pretrain.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -201,15 +201,19 @@ class Store:
         return self.root / "refs" / name
 
     def set_ref(self, name: str, artifact_id: str) -> None:
+        if not _valid_ref(name):
+            raise StoreError(f"ref name {name!r} is not usable (it must stay inside {self.root / 'refs'})",
+                             "use names of letters, digits, '.', '_', '-' and '/'")
         write_atomic(self.ref_path(name), artifact_id + "\n")
 
     def read_ref(self, name: str) -> str | None:
-        if not name or name.startswith("/") or ".." in name.split("/"):
+        if not _valid_ref(name):
             return None
         path = self.ref_path(name)
-        if path.is_file():
-            return path.read_text().strip()
-        return None
+        try:
+            return path.read_text().strip() if path.is_file() else None
+        except OSError:
+            return None
 
     def refs(self) -> dict[str, str]:
         base = self.root / "refs"
@@ -401,6 +405,14 @@ class Store:
                     shutil.rmtree(self.object_path(artifact_id), ignore_errors=True)
                     removed.append(f"objects/{artifact_id[:2]}/{artifact_id[2:]}")
         return removed
+
+
+def _valid_ref(name: str) -> bool:
+    import re
+
+    parts = name.split("/") if isinstance(name, str) else []
+    return bool(parts) and len(name) <= 250 and all(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", part) and part != ".." for part in parts)
 
 
 def default_root() -> Path:

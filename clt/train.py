@@ -79,7 +79,7 @@ def make_scheduler(cfg: PretrainConfig, optimizer: torch.optim.Optimizer, steps_
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
     return torch.randperm(n, generator=generator).to(device)
 
 
@@ -126,6 +126,7 @@ def pretrain(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     result = TrainResult()
     start_epoch, start_step = 0, 0
+    resumed_losses: list[float] = []
     state = checkpointer.load() if checkpointer else None
     if state:
         model.load_state_dict(state["model"])
@@ -133,6 +134,8 @@ def pretrain(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state["step"]
         result.history = state["history"]
+        result.images_seen = int(state.get("images_seen", 0))
+        resumed_losses = [float(v) for v in state.get("epoch_losses", [])]
         result.resumed_from = start_epoch * steps_per_epoch + start_step
     started = time.perf_counter() - (state["seconds"] if state else 0.0)
     forward = distributed.wrap(model) if distributed else model
@@ -140,7 +143,8 @@ def pretrain(
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = epoch_order(len(train), seed, epoch, device)
-        losses: list[torch.Tensor] = []
+        # an epoch cut by a kill keeps the losses of its steps before the checkpoint
+        losses: list[torch.Tensor] = [torch.tensor(v) for v in resumed_losses] if epoch == start_epoch else []
         spread_sample: torch.Tensor | None = None
         first = start_step if epoch == start_epoch else 0
         for step in range(first, steps_per_epoch):
@@ -157,7 +161,7 @@ def pretrain(
             loss = objective.loss(z.float(), y, params)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                     f"(global step {global_step + 1}); the last good checkpoint is kept",
                     f"lower pretrain.lr (now {cfg.lr:g}) or use --precision fp32 (now {precision})")
             optimizer.zero_grad(set_to_none=True)
@@ -177,7 +181,7 @@ def pretrain(
             every = cfg.checkpoint_every
             if checkpointer and every and (global_step + 1) % every == 0 and step + 1 < steps_per_epoch:
                 checkpointer.save(_state(model, optimizer, scheduler, epoch, step + 1, result.history,
-                                         time.perf_counter() - started))
+                                         time.perf_counter() - started, losses, result.images_seen))
         record = {
             "epoch": epoch + 1,
             "loss": float(torch.stack(losses).mean()) if losses else float("nan"),
@@ -191,7 +195,7 @@ def pretrain(
             on_epoch(record)
         if checkpointer:
             checkpointer.save(_state(model, optimizer, scheduler, epoch + 1, 0, result.history,
-                                     time.perf_counter() - started))
+                                     time.perf_counter() - started, [], result.images_seen))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -208,8 +212,10 @@ def _views(data: ImageData, images: torch.Tensor, labels: torch.Tensor, views: i
     return data.normalize(x), labels
 
 
-def _state(model, optimizer, scheduler, epoch, step, history, seconds) -> dict[str, Any]:
+def _state(model, optimizer, scheduler, epoch, step, history, seconds, losses, images_seen) -> dict[str, Any]:
     return {
+        "epoch_losses": [float(v) for v in losses],
+        "images_seen": images_seen,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -4,4 +4,7 @@ Importing this package registers every objective. Pair and triplet selection liv
 `mining` and returns index tensors; the losses only say how much those pairs cost.
 """
 
+# numpy first: torch imports it from C++ and swallows any error there, a Ctrl-C included
+import numpy  # noqa: F401, I001
+
 from clt.objectives import cosine_pair, ntxent, pair, supcon, triplet  # noqa: F401  (registers)
