@@ -84,35 +84,10 @@ def build_head(cfg: ProbeConfig, in_dim: int, n_classes: int) -> nn.Sequential:
 def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, cfg: ProbeConfig, seed: int,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Cross-entropy training of a head on fixed features; the encoder is not involved."""
-    device = features.device
     if isinstance(head[0], Standardize):
         head[0].fit(features)
     optimizer = make_optimizer(cfg, head.parameters())
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    started = time.perf_counter()
-    head.train()
-    # with few labels an epoch is a handful of steps: keep at least ~100 steps of training
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(features), generator=generator).to(device)
-        total, correct, count = 0.0, 0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            logits = head(features[idx])
-            loss = nn.functional.cross_entropy(logits, labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == labels[idx]).sum())
-            count += len(idx)
-        record = {"epoch": epoch + 1, "loss": total / max(count, 1), "train_accuracy": correct / max(count, 1),
-                  "seconds": round(time.perf_counter() - started, 3)}
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-    head.eval()
-    return history
+    return _fit(head, lambda idx: head(features[idx]), labels, len(features), optimizer, cfg, seed, on_epoch)
 
 
 def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.Tensor, cfg: ProbeConfig,
@@ -122,19 +97,31 @@ def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.
     params = [{"params": head.parameters(), "lr": cfg.lr},
               {"params": encoder.parameters(), "lr": cfg.lr * cfg.finetune_lr_scale}]
     optimizer = make_optimizer(cfg, params)
-    generator = torch.Generator().manual_seed(seed)
     images, labels = data.train.images[index].to(device), data.train.labels[index].to(device)
+    model = nn.Sequential(encoder, head)
+
+    def logits_of(idx: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return model(data.normalize(images[idx])).float()
+
+    return _fit(model, logits_of, labels, len(images), optimizer, cfg, seed, on_epoch)
+
+
+def _fit(model: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, n: int,
+         optimizer: torch.optim.Optimizer, cfg: ProbeConfig, seed: int,
+         on_epoch: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """Cross-entropy epochs over a seeded order of n samples; every epoch's record is kept (the
+    last one is what counts: no epoch is picked on test data)."""
+    generator = torch.Generator().manual_seed(seed)
     history = []
     started = time.perf_counter()
-    model = nn.Sequential(encoder, head)
+    model.train()
     for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=generator).to(device)
+        order = torch.randperm(n, generator=generator).to(labels.device)
         total, correct, count = 0.0, 0, 0
-        for start in range(0, len(order), cfg.batch_size):
+        for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            with autocast(device, precision):
-                logits = model(data.normalize(images[idx])).float()
+            logits = logits_of(idx)
             loss = nn.functional.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
