@@ -512,6 +512,7 @@ def _verifiable(encoder_art: Artifact) -> bool:
 
 def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recipe, options: dict[str, Any],
                     tmp: Path) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     from clt import metrics, plots
@@ -545,13 +546,22 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
             plots.confusion_heatmap(matrix, classes, tmp / "confusion.png",
                                     f"{target.name}: accuracy {results['accuracy']:.2%}")
     encoder = load_encoder(encoder_art, device)
-    test_features = extract_features(encoder, gpu_data, gpu_data.test, device)
     cache: dict[str, Any] = {}
 
-    def train_features_once():
-        if "train" not in cache:  # shared by threshold calibration and kNN: computed once
-            cache["train"] = extract_features(encoder, gpu_data, gpu_data.train, device)
-        return cache["train"]
+    def features(split: str):
+        """An encoder's features of a split, stored once as an embeddings artifact (DINO-style:
+        dumped once, reloaded by every later kNN or pair evaluation of the same encoder)."""
+        if split not in cache:
+            if encoder_art.kind == "encoder":
+                stored = embed(ctx, encoder_art.id, split).artifact
+                array = np.load(stored.file("embeddings.npy"), allow_pickle=False)
+                cache[split] = torch.from_numpy(array).to(device)
+            else:
+                cache[split] = extract_features(encoder, gpu_data, gpu_data.split(split), device)
+        return cache[split]
+
+    test_features = features("test")
+    train_features_once = lambda: features("train")  # noqa: E731
 
     if options["pairs"]:
         objective = OBJECTIVES[encoder_art.recipe["objective"]["name"]]

@@ -112,7 +112,10 @@ def test_lineage_chains_back_to_the_dataset(pipeline):
     assert embeddings.metrics["count"] == dataset.manifest["dataset"]["test"]  # default split: test
     assert store.get(ids["fig"]).inputs == {"embeddings": embeddings.id}
     assert encoder.recipe["pretrain"]["epochs"] == 1 and probe.manifest["spec"]["probe"]["epochs"] == 1
-    assert {a.id for a in store.all()} == {*ids.values(), dataset.id}
+    # evaluate stores the encoder's features it computed as embeddings artifacts (reused later)
+    extra = {a.id for a in store.all()} - {*ids.values(), dataset.id}
+    assert all(store.get(i).kind == "embeddings" and store.get(i).inputs == {"encoder": encoder.id} for i in extra)
+    assert {*ids.values(), dataset.id} <= {a.id for a in store.all()}
 
 
 def test_rerunning_the_chain_is_all_cached(pipeline):
@@ -123,7 +126,7 @@ def test_rerunning_the_chain_is_all_cached(pipeline):
     assert cli(store.root, "evaluate", ids["probe"], "--confusion").ok().id == ids["evaluation"]
     assert cli(store.root, "embed", ids["enc"]).ok().id == ids["emb"]
     assert cli(store.root, "tsne", ids["emb"], "--pca").ok().id == ids["fig"]
-    assert len(store.all()) == len(ids) + 1
+    assert len(store.all()) == len(ids) + 2  # + the dataset, and the train-split features evaluate stored
 
 
 # ---------------------------------------------------------------- the probe leaves the encoder alone
