@@ -142,16 +142,30 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a YAML recipe, apply `section.key=value` overrides, validate everything."""
-    path = Path(path)
-    if not path.exists():
+    return recipe_from_dict(read_raw(path, overrides), str(path))
+
+
+def read_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None
+             ) -> dict[str, Any]:
+    """A recipe file's mapping with overrides (and seed) applied, not yet validated: what the
+    pretrain memo hashes before anything heavy is imported."""
+    file = Path(path)
+    if not file.is_file():
         raise RecipeError(f"recipe file '{path}' does not exist", "check the path; recipes live in recipes/")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"cannot read recipe '{path}': {err}", "pass a UTF-8 YAML file") from None
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"recipe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
+                          "save the recipe as UTF-8 YAML") from None
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe '{path}': {err}", "pass a readable YAML file") from None
     raw = parse_yaml(text, str(path))
-    raw.setdefault("name", path.stem)
-    return recipe_from_dict(raw, str(path), overrides)
+    raw.setdefault("name", file.stem)
+    for item in overrides:
+        apply_override(raw, item, str(path))
+    if seed is not None:
+        raw["seed"] = seed
+    return raw
 
 
 def parse_yaml(text: str, where: str) -> dict[str, Any]:
@@ -285,28 +299,25 @@ def _check_registered(recipe: Recipe, where: str) -> None:
     from clt.registry import ENCODERS, OBJECTIVES
 
     # the dataset name is checked against the store when a stage runs: users import their own
-    enc = ENCODERS.get(recipe.model.encoder)
-    if enc is None:
-        raise RecipeError(f"{where}: model.encoder '{recipe.model.encoder}' is not a registered encoder",
-                          did_you_mean(recipe.model.encoder, ENCODERS.names()))
-    enc_params = from_dict(enc.params, recipe.model.params, where, "model")
-    check = getattr(enc_params, "check", None)
-    if check is not None:
-        problem = check()
-        if problem:
-            raise RecipeError(f"{where}: model: {problem}", "change the value in the recipe or with --set")
-    recipe.model.params = to_plain(enc_params)
-    obj = OBJECTIVES.get(recipe.objective.name)
-    if obj is None:
-        raise RecipeError(f"{where}: objective.name '{recipe.objective.name}' is not a registered objective",
-                          did_you_mean(recipe.objective.name, OBJECTIVES.names()))
-    params = from_dict(obj.params, recipe.objective.params, where, "objective")
-    check = getattr(params, "check", None)
-    if check is not None:
-        problem = check()
-        if problem:
-            raise RecipeError(f"{where}: objective: {problem}", "change the value in the recipe or with --set")
-    recipe.objective.params = to_plain(params)
+    recipe.model.params = _registered_params(ENCODERS, recipe.model.encoder, recipe.model.params, where,
+                                             "model", "encoder")
+    recipe.objective.params = _registered_params(OBJECTIVES, recipe.objective.name, recipe.objective.params,
+                                                 where, "objective", "name")
+
+
+def _registered_params(registry, name: str, params: dict[str, Any], where: str, section: str,
+                       key: str) -> dict[str, Any]:
+    """Check a registry entry's name and its parameters (types, then the dataclass's check())."""
+    entry = registry.get(name)
+    if entry is None:
+        raise RecipeError(f"{where}: {section}.{key} '{name}' is not a registered {registry.kind}",
+                          did_you_mean(name, registry.names()))
+    typed = from_dict(entry.params, params, where, section)
+    check = getattr(typed, "check", None)
+    problem = check() if check is not None else None
+    if problem:
+        raise RecipeError(f"{where}: {section}: {problem}", "change the value in the recipe or with --set")
+    return to_plain(typed)
 
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"

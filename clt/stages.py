@@ -135,27 +135,9 @@ def load_dataset(artifact: Artifact):
 
 
 def _recipe_raw(path: str, overrides: list[str], seed: int | None) -> dict[str, Any]:
-    from clt.recipe import apply_override, parse_yaml
+    from clt.recipe import read_raw
 
-    file = Path(path)
-    if not file.is_file():
-        from clt.errors import RecipeError
-
-        raise RecipeError(f"recipe file '{path}' does not exist", "check the path; recipes live in recipes/")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        from clt.errors import RecipeError
-
-        raise RecipeError(f"recipe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
-                          "save the recipe as UTF-8 YAML") from None
-    raw = parse_yaml(text, path)
-    raw.setdefault("name", file.stem)
-    for item in overrides:
-        apply_override(raw, item, path)
-    if seed is not None:
-        raw["seed"] = seed
-    return raw
+    return read_raw(path, overrides, seed)
 
 
 def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None,
