@@ -49,8 +49,10 @@ def recipe(name: str) -> str:
     return str(ROOT / "recipes" / f"{name}.yaml")
 
 
-def _epochs(args, default: int) -> list[str]:
-    return [f"pretrain.epochs={args.epochs or default}"]
+def _epochs(args, default: int | None = None) -> list[str]:
+    """--epochs overrides the recipe's epochs; without it the recipe's own (or `default`) stands."""
+    epochs = args.epochs or default
+    return [f"pretrain.epochs={epochs}"] if epochs else []
 
 
 def mnist_pair(ctx, args) -> list[str]:
@@ -81,12 +83,11 @@ def mnist_simclr_100(ctx, args) -> list[str]:
 
 def cifar10_triplet(ctx, args) -> list[str]:
     ensure(ctx, "cifar10")
-    enc = stages.pretrain(ctx, recipe(args.recipe or "cifar10_triplet"), _epochs(args, 30) + args.set)
+    enc = stages.pretrain(ctx, recipe(args.recipe or "cifar10_triplet"), _epochs(args) + args.set)
     probe = stages.probe(ctx, enc.artifact.id)
     ids = [stages.evaluate(ctx, probe.artifact.id, confusion=True, knn=200).artifact.id]
     if not args.skip_baselines:
-        cnn = stages.baseline_scratch(ctx, recipe("cifar10_triplet"),
-                                      [f"probe.epochs={args.baseline_epochs}", "probe.lr=0.001"])
+        cnn = stages.baseline_scratch(ctx, recipe("cifar10_plain_cnn"), [f"probe.epochs={args.baseline_epochs}"])
         ids.append(stages.evaluate(ctx, cnn.artifact.id).artifact.id)
         logreg = stages.baseline_logreg(ctx, "cifar10", [f"epochs={args.baseline_epochs}"])
         ids.append(stages.evaluate(ctx, logreg.artifact.id).artifact.id)

@@ -97,3 +97,21 @@ def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def accuracy_curve(rows: list[dict[str, Any]], path: Path, title: str = "", key: str = "knn_accuracy") -> None:
+    """Accuracy against training wall time, each point labelled with its epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    minutes = [r["train_seconds"] / 60 for r in rows]
+    values = [r[key] for r in rows]
+    ax.plot(minutes, values, marker="o")
+    for m, v, r in zip(minutes, values, rows):
+        ax.annotate(str(r["epoch"]), (m, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    ax.set_xlabel("training time (minutes); points labelled with their epoch")
+    ax.set_ylabel("test accuracy %")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -72,6 +72,7 @@ class PretrainConfig:
     sync_batchnorm: bool = False  # with several processes: batch-norm statistics over the global batch
     augment: AugmentConfig | None = None
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = once per epoch
+    snapshot_every: int = 0  # epochs between encoder snapshots kept in the artifact (accuracy vs time); 0 = none
 
 
 @dataclass
@@ -126,6 +127,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "step_size"): (lambda v: v >= 1, ">= 1"),
     ("pretrain", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
     ("pretrain", "checkpoint_every"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "snapshot_every"): (lambda v: v >= 0, ">= 0"),
     ("probe", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("probe", "batch_size"): (lambda v: v >= 1, ">= 1"),
     ("probe", "lr"): (lambda v: v > 0, "> 0"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,10 +255,16 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
             task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
                         loss=r.loss)
 
+        work = ctx.store.work_dir(artifact_id)
+
         def on_epoch(record):
             message = (f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
                        f"embedding spread {record['embedding_spread']:.3f}")
             ctx.report.info(message)
+            every = recipe.pretrain.snapshot_every
+            if main and every and record["epoch"] % every == 0:
+                # kept beside the checkpoint, so a killed and resumed run keeps its earlier snapshots
+                _save_module_atomic(encoder, work / f"snapshot-epoch{record['epoch']:04d}.safetensors")
             if record["collapse_warning"]:
                 ctx.report.warn(f"epoch {record['epoch']}: the embeddings are collapsing (spread "
                                 f"{record['embedding_spread']:.3f}, ~1 is healthy): lower the learning rate, raise "
@@ -271,6 +279,11 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
     (tmp / "history.json").write_text(json.dumps(result.history, indent=1))
     if result.history:
         plots.loss_curve(result.history, tmp / "loss_curve.png", f"{recipe.name}: pretrain loss")
+    snapshots = sorted(ctx.store.work_dir(artifact_id).glob("snapshot-*.safetensors")) if main else []
+    if snapshots:
+        (tmp / "snapshots").mkdir()
+        for path in snapshots:
+            shutil.copyfile(path, tmp / "snapshots" / path.name)
     last = result.history[-1] if result.history else {}
     if group:
         group.barrier()  # nobody may still be reading the checkpoint when rank 0 removes it
@@ -298,6 +311,26 @@ def _augmenter(recipe, data, views: int):
     return BatchAugment(resolve_spec(recipe.pretrain.augment, data.name, data.in_shape[0]))
 
 
+def snapshots(artifact: Artifact) -> list[tuple[int, float | None, str]]:
+    """An encoder's snapshots as (epoch, training seconds up to it, file name inside the artifact)."""
+    seconds = {}
+    if "history.json" in artifact.manifest.get("files", {}):
+        seconds = {h["epoch"]: h.get("seconds") for h in json.loads(artifact.file("history.json").read_text())}
+    found = []
+    for name in artifact.manifest.get("files", {}):
+        # (an optional "-NNNs" suffix: the first builds named snapshots with their time)
+        match = re.fullmatch(r"snapshots/snapshot-epoch(\d+)(?:-\d+s)?\.safetensors", name)
+        if match:
+            found.append((int(match[1]), seconds.get(int(match[1])), name))
+    return sorted(found)
+
+
+def _save_module_atomic(module, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    _save_module(module, partial)
+    os.replace(partial, path)
+
+
 def _save_module(module, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -305,8 +338,8 @@ def _save_module(module, path: Path) -> None:
     save_file(state, str(path))
 
 
-def load_encoder(artifact: Artifact, device) -> Any:
-    """Rebuild an encoder from its manifest and load its safetensors weights, strictly."""
+def load_encoder(artifact: Artifact, device, weights_file: str = "encoder.safetensors") -> Any:
+    """Rebuild an encoder from its manifest and load its safetensors weights (or a snapshot's), strictly."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -314,7 +347,6 @@ def load_encoder(artifact: Artifact, device) -> Any:
 
     info = artifact.manifest["encoder"]
     encoder = build_encoder(info["name"], info["params"], tuple(info["in_shape"]))
-    weights_file = "encoder.safetensors"
     try:
         weights = load_file(str(artifact.file(weights_file)))
     except SafetensorError as err:

@@ -28,6 +28,7 @@ from conftest import DIGITS, FAST_PRETRAIN, ROOT, Ran, Trained, cli, clt_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clt import stages
 from clt.store import MANIFEST, MANIFEST_SUM, Store
 
 HEX = set("0123456789abcdef")
@@ -140,7 +141,8 @@ def checkpoint_position(path: Path) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- 1. resume after SIGKILL
 
-RESUME = ["pretrain", str(DIGITS), "--set", "pretrain.checkpoint_every=5", "--set", "pretrain.epochs=3"]
+RESUME = ["pretrain", str(DIGITS), "--set", "pretrain.checkpoint_every=5", "--set", "pretrain.epochs=3",
+          "--set", "pretrain.snapshot_every=1"]
 STEPS_PER_EPOCH = 1437 // 64
 
 
@@ -195,6 +197,12 @@ def test_resume_after_sigkill_gives_the_uninterrupted_encoder(interrupted: Inter
     # CPU, fixed seed, order from (seed, epoch), augmentation from (seed, step), Adam and the
     # schedule restored from the checkpoint: bit for bit the uninterrupted run's weights
     assert sha256_of(ours.file("encoder.safetensors")) == sha256_of(theirs.file("encoder.safetensors"))
+    # the per-epoch snapshots, those written before the kill included, are the same bits too
+    snaps = stages.snapshots(ours)
+    assert [epoch for epoch, _, _ in snaps] == [1, 2, 3]
+    for _, _, name in snaps:
+        assert sha256_of(ours.file(name)) == sha256_of(theirs.file(name)), name
+    assert sha256_of(ours.file(snaps[-1][2])) == sha256_of(ours.file("encoder.safetensors"))
     history, reference = _histories(interrupted, root, again.id)
     assert len(history) == len(reference) == 3
     for i in range(3):

@@ -1,0 +1,97 @@
+"""Accuracy versus training time, from the per-epoch snapshots of one encoder artifact.
+
+A recipe with `pretrain.snapshot_every: N` keeps the encoder's weights every N epochs inside
+the artifact (`snapshots/snapshot-epochEEEE-SSSs.safetensors`, SSS = training seconds so
+far). This script scores each snapshot by kNN (cosine, distance-weighted vote, the recipe's
+protocol) on the full test split against a seeded, class-balanced subset of the train split,
+and writes a table and a PNG (accuracy against wall time and epoch):
+
+    python bench/curve.py cifar10_triplet            # the latest encoder of that recipe
+    python bench/curve.py ENCODER_ID --train 10000 --k 200
+
+The curve's kNN uses a train subset so each point costs seconds; the final encoder's full
+protocol (all 50,000 train embeddings, MLP probe) is in the evaluation artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from clt import plots, stages  # noqa: E402
+from clt.metrics import knn_predict  # noqa: E402
+from clt.probe import extract_features, few_label_subset  # noqa: E402
+from clt.store import Store  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("encoder", help="encoder id, prefix or ref (a recipe name means <recipe>/encoder)")
+    parser.add_argument("--train", type=int, default=10000, help="train embeddings searched (class-balanced)")
+    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
+    parser.add_argument("--out", default=None, help="results name (default: <recipe>_curve)")
+    args = parser.parse_args()
+
+    store = Store(Path(args.artifacts))
+    ref = args.encoder if "/" in args.encoder or not store.read_ref(f"{args.encoder}/encoder") \
+        else f"{args.encoder}/encoder"
+    artifact = store.resolve(ref, ("encoder",))
+    found = stages.snapshots(artifact)
+    if not found:
+        sys.exit(f"error: {artifact.short} has no snapshots\nfix: pretrain with --set pretrain.snapshot_every=1")
+    data = stages.load_dataset(store.get(artifact.manifest["inputs"]["dataset"]))
+    subset = few_label_subset(data.train.labels, seed=0, total=args.train)
+    train_split = data.train.subset(subset)
+    name = args.out or f"{artifact.manifest['recipe']['name']}_curve"
+    device = torch.device("cpu")
+
+    rows = []
+    history = {h["epoch"]: h for h in json.loads(artifact.file("history.json").read_text())}
+    for epoch, seconds, file in found:
+        started = time.perf_counter()
+        encoder = stages.load_encoder(artifact, device, file).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            train = extract_features(encoder, data, train_split, device)
+            test = extract_features(encoder, data, data.test, device)
+        predicted = knn_predict(train, train_split.labels, test, args.k, len(data.classes),
+                                metric="cosine", vote="distance")
+        accuracy = float((predicted.cpu() == data.test.labels.cpu()).float().mean()) * 100
+        loss = history.get(epoch, {}).get("loss")
+        rows.append({"epoch": epoch, "train_seconds": seconds or 0.0, "knn_accuracy": round(accuracy, 2), "loss": loss})
+        print(f"epoch {epoch:3d}  {seconds or 0:7.0f} s  {args.k}-NN {accuracy:6.2f} %  "
+              f"(scored in {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python bench/curve.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
+    protocol = f"{args.k}-NN accuracy % ({args.train:,} train, {len(data.test):,} test)"
+    lines = [f"| epoch | training time (s) | {protocol} | loss |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['epoch']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | "
+              f"{r['loss']:.4f} |" if r["loss"] is not None else
+              f"| {r['epoch']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | – |" for r in rows]
+    text = "\n".join(lines) + (f"\n\nEncoder {artifact.short} ({artifact.manifest['recipe']['name']}, "
+                               f"trained on {artifact.manifest.get('device', '?')}). Command: `{command}` on "
+                               f"{machine}.\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"encoder": artifact.id, "rows": rows, "command": command,
+                                                      "k": args.k, "train": args.train}, indent=1))
+    plots.accuracy_curve(rows, RESULTS / f"{name}.png",
+                         f"{artifact.manifest['recipe']['name']}: {args.k}-NN accuracy while training")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
