@@ -23,6 +23,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 @dataclass
 class DataConfig:
     dataset: str = "digits"
+    # pretrain on a seeded, class-balanced subset of this many train images (0 = all): smoke
+    # runs of big recipes on a small machine; probes and evaluations still see the full splits
+    train_limit: int = 0
 
 
 @dataclass
@@ -128,6 +131,7 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
     ("pretrain", "checkpoint_every"): (lambda v: v >= 0, ">= 0"),
     ("pretrain", "snapshot_every"): (lambda v: v >= 0, ">= 0"),
+    ("data", "train_limit"): (lambda v: v >= 0, ">= 0 (0 = every train image)"),
     ("probe", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("probe", "batch_size"): (lambda v: v >= 1, ">= 1"),
     ("probe", "lr"): (lambda v: v > 0, "> 0"),

@@ -218,7 +218,13 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
     device = group.device if group else pick_device(ctx.device)
     precision = resolve_precision(ctx.precision or recipe.pretrain.precision, device)
     seed_everything(recipe.seed)
-    data = load_dataset(data_art).to(device)
+    data = load_dataset(data_art)
+    limit = recipe.data.train_limit
+    if limit and limit < len(data.train):
+        from clt.probe import few_label_subset
+
+        data.train = data.train.subset(few_label_subset(data.train.labels, recipe.seed, total=limit))
+    data = data.to(device)
     objective = OBJECTIVES[recipe.objective.name]
     params = params_of(objective.params, recipe.objective.params)
     encoder = build_encoder(recipe.model.encoder, recipe.model.params, data.in_shape)
@@ -296,7 +302,7 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
                     "out_dim": encoder.out_dim},
         "metrics": {"final_loss": last.get("loss"), "epochs": recipe.pretrain.epochs,
                     "embedding_spread": last.get("embedding_spread"),
-                    "train_seconds": round(result.seconds, 2),
+                    "train_seconds": round(result.seconds, 2), "train_images": len(data.train),
                     "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1)},
         "objective": recipe.objective.name,
     }
@@ -433,6 +439,15 @@ def _probe_build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Art
         history = finetune(encoder, head, data.to(device), index.to(device), cfg, device, precision, seed,
                            on_epoch)
         _save_module(encoder, tmp / "encoder.safetensors")
+    elif len(index) == len(data.train) and data_art.id == encoder_art.inputs.get("dataset"):
+        # all labels: the train features are the encoder's stored embeddings, written once and
+        # reused by every later probe and by `evaluate --knn` (which then only searches)
+        import numpy as np
+        import torch
+
+        stored = embed(ctx, encoder_art.id, "train").artifact
+        features = torch.from_numpy(np.load(stored.file("embeddings.npy"), allow_pickle=False)).to(device)
+        history = train_head(head, features, labels, cfg, seed, on_epoch)
     else:
         with ctx.report.progress("features", len(index)) as task:
             subset = data.train.subset(index)
@@ -546,11 +561,28 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
     protocol: dict[str, Any] = {"split": "test", "test_images": len(data.test)}
     classes = data.classes
     true = data.test.labels.numpy()
+    encoder = None
+    cache: dict[str, Any] = {}
+
+    def features(split: str):
+        """An encoder's features of a split, stored once as an embeddings artifact (DINO-style:
+        dumped once, reloaded by every later probe, kNN or pair evaluation of the same encoder)."""
+        nonlocal encoder
+        if split not in cache:
+            if encoder_art.kind == "encoder" and data_art.id == encoder_art.inputs.get("dataset"):
+                stored = embed(ctx, encoder_art.id, split).artifact
+                array = np.load(stored.file("embeddings.npy"), allow_pickle=False)
+                cache[split] = torch.from_numpy(array).to(device)
+            else:
+                if encoder is None:
+                    encoder = load_encoder(encoder_art, device)
+                cache[split] = extract_features(encoder, gpu_data, gpu_data.split(split), device)
+        return cache[split]
+
     if target.kind == "probe":
-        encoder, head = load_probe(ctx.store, target, device)
+        encoder, head = load_probe(ctx.store, target, device)  # the weights features() would load
         with torch.no_grad():
-            test_features = extract_features(encoder, gpu_data, gpu_data.test, device)
-            pred = head(test_features).argmax(1).cpu().numpy()
+            pred = head(features("test")).argmax(1).cpu().numpy()
         matrix = metrics.confusion_matrix(true, pred, len(classes))
         results["accuracy"] = metrics.accuracy(true, pred)
         results["per_class_accuracy"] = dict(zip(classes, metrics.per_class_accuracy(matrix).tolist()))
@@ -559,20 +591,6 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
         if options["confusion"]:
             plots.confusion_heatmap(matrix, classes, tmp / "confusion.png",
                                     f"{target.name}: accuracy {results['accuracy']:.2%}")
-    encoder = load_encoder(encoder_art, device)
-    cache: dict[str, Any] = {}
-
-    def features(split: str):
-        """An encoder's features of a split, stored once as an embeddings artifact (DINO-style:
-        dumped once, reloaded by every later kNN or pair evaluation of the same encoder)."""
-        if split not in cache:
-            if encoder_art.kind == "encoder":
-                stored = embed(ctx, encoder_art.id, split).artifact
-                array = np.load(stored.file("embeddings.npy"), allow_pickle=False)
-                cache[split] = torch.from_numpy(array).to(device)
-            else:
-                cache[split] = extract_features(encoder, gpu_data, gpu_data.split(split), device)
-        return cache[split]
 
     test_features = features("test")
     train_features_once = lambda: features("train")  # noqa: E731

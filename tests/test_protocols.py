@@ -126,6 +126,36 @@ def test_mlp_head_and_knn_evaluation(ctx, encoder):
     assert 0.5 < evaluation.metrics["knn_accuracy"] <= 1.0
 
 
+def test_all_label_probe_stores_train_features_that_evaluate_reuses(tmp_path):
+    ctx = stages.Context(Store(tmp_path), device="cpu")
+    encoder = stages.pretrain(ctx, DIGITS, ["pretrain.epochs=1"]).artifact.id
+    probe = stages.probe(ctx, encoder, ["probe.epochs=2"])
+    train = stages.embed(ctx, encoder, "train")
+    assert train.cached, "the probe did not store the encoder's train features"
+    evaluation = stages.evaluate(ctx, probe.artifact.id, knn=5)
+    test = stages.embed(ctx, encoder, "test")
+    assert test.cached, "evaluate did not store the encoder's test features"
+    # the stored features are the encoder's: scoring the head on them gives the evaluation's accuracy
+    encoder_module, head = stages.load_probe(ctx.store, probe.artifact, torch.device("cpu"))
+    features = torch.from_numpy(np.load(test.artifact.file("embeddings.npy")))
+    labels = np.load(test.artifact.file("labels.npy"))
+    with torch.no_grad():
+        predicted = head(features).argmax(1).numpy()
+    assert evaluation.metrics["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+    kinds = [ctx.store.get(i).kind for i in ctx.store.ids()]
+    assert kinds.count("embeddings") == 2, kinds
+
+
+def test_train_limit_pretrains_on_a_balanced_subset_and_probes_on_all(ctx):
+    limited = stages.pretrain(ctx, DIGITS, ["pretrain.epochs=1", "data.train_limit=200",
+                                            "pretrain.batch_size=32"])
+    assert limited.metrics["train_images"] == 200
+    steps = json.loads(limited.artifact.file("history.json").read_text())
+    assert len(steps) == 1
+    probe = stages.probe(ctx, limited.artifact.id, ["probe.epochs=1"])
+    assert probe.artifact.manifest["protocol"]["labels_used"] > 1000  # the probe sees every train label
+
+
 def test_baselines_are_probes_that_evaluate(ctx):
     logreg = stages.baseline_logreg(ctx, "digits", ["epochs=5"])
     scratch = stages.baseline_scratch(ctx, DIGITS, ["probe.epochs=3", "probe.labels_per_class=5"])
