@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -142,6 +143,15 @@ class Trained:
     dataset: str
     encoder: str
     probe: str
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_subprocesses():
+    """Children inherit an *ignored* SIGINT, and code run in this process by earlier tests can
+    leave it ignored (the full suite showed every Ctrl-C of the kill loop ignored, alone it was
+    not): each test starts with Python's own handler, as a process started from a terminal."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -348,12 +348,14 @@ def test_kill_loop_leaves_only_complete_artifacts(store_copy: Trained, tmp_path:
         kind = rng.choice(["pretrain", "pretrain", "probe", "embed", "download"])
         sig = rng.choice([signal.SIGKILL, signal.SIGINT])
         store, args = command(kind)
+        started = time.monotonic()
         proc = spawn(store, *args, numpy_first=sig == signal.SIGINT)
+        seen = None
         if sig == signal.SIGINT:
             # Ctrl-C once the command runs (its stage has started importing torch). In the first
             # ~0.3 s of start-up clt's handler is not in place yet: Python prints a KeyboardInterrupt
             # traceback, or typer exits 130 without the "interrupted" line
-            wait_until(lambda p=proc: torch_loaded(p), proc, timeout=60, every=0.01)
+            seen = wait_until(lambda p=proc: torch_loaded(p), proc, timeout=60, every=0.01)
             delay = rng.uniform(0.0, 1.5)
         else:
             delay = rng.uniform(0.3, 3.0)
@@ -375,7 +377,7 @@ def test_kill_loop_leaves_only_complete_artifacts(store_copy: Trained, tmp_path:
         else:
             assert ran.exit_code == -signal.SIGKILL, where
             interrupted += 1
-        outcomes.append(f"{kind}:{sig.name}:{ran.exit_code}")
+        outcomes.append(f"{kind}:{sig.name}:{ran.exit_code}:torch={seen}:{time.monotonic() - started:.1f}s")
         for store_root in (root, downloads):
             if store_root.exists():
                 check_store(store_root)
@@ -418,6 +420,38 @@ def test_ctrl_c_during_torchs_numpy_import(trained: Trained, tmp_path: Path):
                           text=True, timeout=240)
     assert proc.returncode == 130, proc.stderr
     assert "interrupted" in proc.stderr and proc.stdout.strip() == ""
+
+
+CTRL_C_INSIDE_TORCH_IMPORT = """
+import atexit, importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):  # a real SIGINT while torch's own import is running
+    def find_spec(self, name, path, target=None):
+        if name == "torch.nn":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+atexit.register(lambda: print("torch imported whole:", "torch.nn.functional" in sys.modules, file=sys.stderr))
+from clt.cli import main
+main()
+"""
+
+
+def test_ctrl_c_inside_torchs_import_waits_for_it_to_finish(trained: Trained, tmp_path: Path):
+    # torch's start-up runs C++ that calls back into Python; an interrupt raised in there can
+    # abort the process ("terminate called ... pybind11::error_already_set"). clt holds SIGINT
+    # back for the duration of torch's import and takes it right after, as an ordinary Ctrl-C.
+    root = copy_store(trained.root, tmp_path / "store")
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_TORCH_IMPORT, "--artifacts", str(root), "pretrain",
+                           str(DIGITS), *FAST_PRETRAIN, "--seed", "6"], cwd=ROOT, env=env1(), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 130, proc.stderr
+    assert "torch imported whole: True" in proc.stderr, proc.stderr
+    assert sum("interrupted" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "terminate" not in proc.stderr
+    check_store(root)
 
 
 # ---------------------------------------------------------------- 3. concurrency
