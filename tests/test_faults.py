@@ -413,11 +413,16 @@ main()
 """
 
 
+def pretrain_under(script: str, root: Path, seed: int) -> subprocess.CompletedProcess:
+    """A digits pretrain in a child that runs `script` (which ends by calling clt's main)."""
+    return subprocess.run([sys.executable, "-c", script, "--artifacts", str(root), "pretrain", str(DIGITS),
+                           *FAST_PRETRAIN, "--seed", str(seed)], cwd=ROOT, env=env1(), capture_output=True,
+                          text=True, timeout=240)
+
+
 def test_ctrl_c_during_torchs_numpy_import(trained: Trained, tmp_path: Path):
     root = copy_store(trained.root, tmp_path / "store")
-    proc = subprocess.run([sys.executable, "-c", INTERRUPT_IN_NUMPY, "--artifacts", str(root), "pretrain",
-                           str(DIGITS), *FAST_PRETRAIN, "--seed", "5"], cwd=ROOT, env=env1(), capture_output=True,
-                          text=True, timeout=240)
+    proc = pretrain_under(INTERRUPT_IN_NUMPY, root, seed=5)
     assert proc.returncode == 130, proc.stderr
     assert "interrupted" in proc.stderr and proc.stdout.strip() == ""
 
@@ -444,9 +449,7 @@ def test_ctrl_c_inside_torchs_import_waits_for_it_to_finish(trained: Trained, tm
     # abort the process ("terminate called ... pybind11::error_already_set"). clt holds SIGINT
     # back for the duration of torch's import and takes it right after, as an ordinary Ctrl-C.
     root = copy_store(trained.root, tmp_path / "store")
-    proc = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_TORCH_IMPORT, "--artifacts", str(root), "pretrain",
-                           str(DIGITS), *FAST_PRETRAIN, "--seed", "6"], cwd=ROOT, env=env1(), capture_output=True,
-                          text=True, timeout=240)
+    proc = pretrain_under(CTRL_C_INSIDE_TORCH_IMPORT, root, seed=6)
     assert proc.returncode == 130, proc.stderr
     assert "torch imported whole: True" in proc.stderr, proc.stderr
     assert sum("interrupted" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
