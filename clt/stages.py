@@ -285,7 +285,7 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
     (tmp / "history.json").write_text(json.dumps(result.history, indent=1))
     if result.history:
         plots.loss_curve(result.history, tmp / "loss_curve.png", f"{recipe.name}: pretrain loss")
-    snapshots = sorted(ctx.store.work_dir(artifact_id).glob("snapshot-*.safetensors")) if main else []
+    snapshots = sorted(work.glob("snapshot-*.safetensors")) if main else []
     if snapshots:
         (tmp / "snapshots").mkdir()
         for path in snapshots:
@@ -442,11 +442,7 @@ def _probe_build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Art
     elif len(index) == len(data.train) and data_art.id == encoder_art.inputs.get("dataset"):
         # all labels: the train features are the encoder's stored embeddings, written once and
         # reused by every later probe and by `evaluate --knn` (which then only searches)
-        import numpy as np
-        import torch
-
-        stored = embed(ctx, encoder_art.id, "train").artifact
-        features = torch.from_numpy(np.load(stored.file("embeddings.npy"), allow_pickle=False)).to(device)
+        features = stored_features(ctx, encoder_art.id, "train", device)
         history = train_head(head, features, labels, cfg, seed, on_epoch)
     else:
         with ctx.report.progress("features", len(index)) as task:
@@ -541,7 +537,6 @@ def _verifiable(encoder_art: Artifact) -> bool:
 
 def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recipe, options: dict[str, Any],
                     tmp: Path) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from clt import metrics, plots
@@ -570,9 +565,7 @@ def _evaluate_build(ctx: Context, target: Artifact, encoder_art: Artifact, recip
         nonlocal encoder
         if split not in cache:
             if encoder_art.kind == "encoder" and data_art.id == encoder_art.inputs.get("dataset"):
-                stored = embed(ctx, encoder_art.id, split).artifact
-                array = np.load(stored.file("embeddings.npy"), allow_pickle=False)
-                cache[split] = torch.from_numpy(array).to(device)
+                cache[split] = stored_features(ctx, encoder_art.id, split, device)
             else:
                 if encoder is None:
                     encoder = load_encoder(encoder_art, device)
@@ -691,6 +684,16 @@ def _show_evaluation(ctx: Context, artifact: Artifact) -> None:
 
 
 # ---------------------------------------------------------------------------- embed, tsne
+
+
+def stored_features(ctx: Context, encoder_id: str, split: str, device) -> Any:
+    """An encoder's features of a split as a tensor on `device`, from its embeddings artifact
+    (built on first use, then reloaded: DINO-style features dumped once)."""
+    import numpy as np
+    import torch
+
+    stored = embed(ctx, encoder_id, split).artifact
+    return torch.from_numpy(np.load(stored.file("embeddings.npy"), allow_pickle=False)).to(device)
 
 
 def embed(ctx: Context, encoder_ref: str | None = None, split: str = "test", projector: bool = False) -> Outcome:
