@@ -203,6 +203,20 @@ def test_pair_reference_exercises_both_sides_of_the_margin():
     assert min(predicted) < 1.0 < max(predicted)
 
 
+def test_pair_in_float32_matches_the_float64_loop_when_same_class_embeddings_nearly_coincide():
+    # the loss is taken from the (B, B) distance matrix |a|² + |b|² − 2a·b, which cancels when two
+    # embeddings of large norm almost coincide: the late-training state of same-class pairs
+    labels = [0, 0, 1, 1, 2, 2]
+    base = torch.relu(torch.randn(3, 128, generator=torch.Generator().manual_seed(0))) * 4
+    near = base.repeat_interleave(2, 0) + 1e-3 * torch.randn(6, 128, generator=torch.Generator().manual_seed(1))
+    x32, x64 = near.clone().requires_grad_(), near.double().requires_grad_()
+    value, grad = value_and_grad(loss_of("pair")(x32, torch.tensor(labels), params_of("pair")), x32)
+    ref_value, ref_grad = value_and_grad(ref_pair(x64, labels, 1.0, True), x64)
+    assert float(ref_value) > 0  # the different-class pairs sit inside the margin: both terms count
+    torch.testing.assert_close(value.double(), ref_value, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("labels", [[0, 0, 0, 0], [0, 1, 2, 3]])
 def test_pair_single_group_batches_are_finite(labels):
     x = leaf(4, 3, 7)

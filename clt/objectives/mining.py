@@ -18,7 +18,9 @@ def squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
     """(B, D) -> (B, B) squared Euclidean distances, exact zeros on the diagonal."""
     sq = (embeddings * embeddings).sum(1)
     dist = sq[:, None] + sq[None, :] - 2 * embeddings @ embeddings.T
-    dist = dist.clamp_min(0)
+    # rounding can make the distance of two nearly equal embeddings negative: clamp the value but
+    # keep the formula's gradient, 2(a − b), which a plain clamp would zero for exactly those pairs
+    dist = dist + (dist.clamp_min(0) - dist).detach()
     return dist * (1 - torch.eye(len(embeddings), device=embeddings.device, dtype=dist.dtype))
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clt.objectives.mining import all_pairs
+from clt.objectives.mining import all_pairs, squared_distances
 from clt.registry import register_objective
 
 
@@ -52,6 +52,8 @@ def score_pair(fa: torch.Tensor, fb: torch.Tensor, params: PairParams) -> torch.
 def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: PairParams) -> torch.Tensor:
     """Pairwise margin loss over every pair in the batch: (B, D), (B,) -> scalar."""
     i, j, same = all_pairs(labels)
-    predicted = pair_distance(embeddings[i].float(), embeddings[j].float())
+    # from the (B, B) distance matrix (one matrix product) rather than gathering a (P, D) copy per
+    # side: at batch 256 those copies and their scatter-add backward cost more than the encoder
+    predicted = squared_distances(embeddings.float())[i, j] / embeddings.shape[1]
     per_pair = pair_margin_loss(predicted, (~same).float(), params.margin)
     return balanced_mean(per_pair, same, params.balance)
