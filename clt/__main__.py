@@ -1,4 +1,4 @@
-from clt.cli import main
+from clt.entry import main
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from clt.entry import INTERRUPTED
 from clt.errors import CltError
 
 app = typer.Typer(
@@ -86,8 +87,7 @@ def _run(fn: Callable[[], Any]) -> Any:
             console.print(f"  [bold]fix:[/] {escape(err.hint)}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
-        print("interrupted: finished artifacts are intact and nothing half-written was kept; "
-              "run the same command again to continue", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise

@@ -408,7 +408,7 @@ class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C just as torch's loading
         return None
 
 sys.meta_path.insert(0, Interrupt())
-from clt.cli import main
+from clt.entry import main  # what the `clt` console script runs
 main()
 """
 
@@ -427,6 +427,28 @@ def test_ctrl_c_during_torchs_numpy_import(trained: Trained, tmp_path: Path):
     assert "interrupted" in proc.stderr and proc.stdout.strip() == ""
 
 
+INTERRUPT_IN_TYPER = """
+import importlib.abc, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C while the command line's own modules load
+    def find_spec(self, name, path, target=None):
+        if name == "typer":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+from clt.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line_not_a_traceback(tmp_path: Path):
+    proc = pretrain_under(INTERRUPT_IN_TYPER, tmp_path / "store", seed=7)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().startswith("interrupted") and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "store").exists()
+
+
 CTRL_C_INSIDE_TORCH_IMPORT = """
 import atexit, importlib.abc, os, signal, sys
 
@@ -439,7 +461,7 @@ class CtrlC(importlib.abc.MetaPathFinder):  # a real SIGINT while torch's own im
 
 sys.meta_path.insert(0, CtrlC())
 atexit.register(lambda: print("torch imported whole:", "torch.nn.functional" in sys.modules, file=sys.stderr))
-from clt.cli import main
+from clt.entry import main  # what the `clt` console script runs
 main()
 """
 
