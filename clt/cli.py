@@ -352,6 +352,8 @@ def baseline_scratch(
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class"),
     labels: Optional[int] = typer.Option(None, "--labels"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
+    augment: str = typer.Option("none", "--augment", metavar="PRESET",
+                                help="Augment every batch with a preset (digits, cifar_light, ...; auto by dataset)."),
     set_: list[str] = SET_OPT,
     seed: Optional[int] = typer.Option(None, "--seed"),
     seeds: Optional[str] = SEEDS_OPT,
@@ -360,7 +362,7 @@ def baseline_scratch(
 ) -> None:
     """Train the recipe's encoder plus head from scratch, supervised, on the same labels.
 
-    Example: clt baseline scratch recipes/mnist_simclr.yaml --labels 100 --seeds 0,1,2
+    Example: clt baseline scratch recipes/mnist_simclr.yaml --labels 100 --augment digits --seeds 0,1,2
     """
     from clt import stages
 
@@ -368,7 +370,7 @@ def baseline_scratch(
     for key, value in (("labels_per_class", labels_per_class), ("labels", labels), ("epochs", epochs)):
         if value is not None:
             overrides.append(f"probe.{key}={value}")
-    _emit_many(_run(lambda: [stages.baseline_scratch(_context(device), recipe, overrides, one)
+    _emit_many(_run(lambda: [stages.baseline_scratch(_context(device), recipe, overrides, one, augment)
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 

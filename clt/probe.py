@@ -96,17 +96,28 @@ def train_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, cf
 
 def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.Tensor, cfg: ProbeConfig,
              device: torch.device, precision: str, seed: int,
-             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Encoder and head trained together; the encoder at lr × finetune_lr_scale."""
+             on_epoch: Callable[[dict[str, Any]], None] | None = None,
+             augment: str = "none") -> list[dict[str, Any]]:
+    """Encoder and head trained together; the encoder at lr × finetune_lr_scale. With an
+    `augment` preset every batch is a fresh batched augmentation of its images."""
+    from clt.data.augment import BatchAugment, resolve_spec
+    from clt.recipe import AugmentConfig
+
     params = [{"params": head.parameters(), "lr": cfg.lr},
               {"params": encoder.parameters(), "lr": cfg.lr * cfg.finetune_lr_scale}]
     optimizer = make_optimizer(cfg, params)
     images, labels = data.train.images[index].to(device), data.train.labels[index].to(device)
     model = nn.Sequential(encoder, head)
+    views = None if augment == "none" else BatchAugment(
+        resolve_spec(AugmentConfig(preset=augment), data.name, data.in_shape[0]))
+    generator = torch.Generator().manual_seed(seed + 1)  # the views' own stream, apart from the order's
 
     def logits_of(idx: torch.Tensor) -> torch.Tensor:
+        x = images[idx]
+        if views:
+            x = views(x.float().div_(255), generator)
         with autocast(device, precision):
-            return model(data.normalize(images[idx])).float()
+            return model(data.normalize(x)).float()
 
     return _fit(model, logits_of, labels, len(images), optimizer, cfg, seed, on_epoch)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from clt.errors import CltError, DataError, StoreError, did_you_mean
+from clt.errors import CltError, DataError, RecipeError, StoreError, did_you_mean
 from clt.store import Artifact, Store, address, canonical_json
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -172,8 +172,6 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
             "seed": recipe.seed}
     if group and (recipe.pretrain.batch_size % group.world_size):
-        from clt.errors import RecipeError
-
         raise RecipeError(f"pretrain.batch_size = {recipe.pretrain.batch_size} does not split over "
                           f"{group.world_size} processes", "make the global batch size a multiple of --nproc")
     artifact_id = address(spec)
@@ -798,18 +796,25 @@ __all__ = ["Context", "Outcome", "Reporter", "download", "pretrain", "probe", "e
 # ---------------------------------------------------------------------------- baselines
 
 
-def baseline_scratch(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None) -> Outcome:
-    """The recipe's encoder plus its probe head trained from scratch, supervised, on the probe's labels."""
+def baseline_scratch(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None,
+                     augment: str = "none") -> Outcome:
+    """The recipe's encoder plus its probe head trained from scratch, supervised, on the probe's
+    labels; with an `augment` preset each batch is freshly augmented (a fairer baseline on few labels)."""
+    from clt.data.augment import PRESETS
     from clt.recipe import recipe_from_dict
 
+    if augment not in (*PRESETS, "auto"):
+        raise RecipeError(f"--augment '{augment}' is not an augmentation preset",
+                          did_you_mean(augment, [*PRESETS, "auto"]))
     raw = _recipe_raw(recipe_path, list(overrides), seed)
     recipe = recipe_from_dict(raw, recipe_path)
     data_art = dataset_artifact(ctx, recipe.data.dataset)
     spec = {"stage": "baseline-scratch", "model": _plain(recipe.model), "probe": _plain(recipe.probe),
-            "inputs": {"dataset": data_art.id}, "seed": recipe.seed}
+            "inputs": {"dataset": data_art.id}, "seed": recipe.seed,
+            **({"augment": augment} if augment != "none" else {})}  # unaugmented baselines keep their address
     return _produce(ctx, spec, "probe", lambda tmp, _id: _supervised_build(
         ctx, recipe.model.encoder, recipe.model.params, recipe.probe, data_art, recipe.seed, tmp,
-        "scratch supervised"), name=f"{recipe.name}-scratch")
+        "scratch supervised", augment), name=f"{recipe.name}-scratch")
 
 
 def baseline_logreg(ctx: Context, dataset: str, overrides: list[str] = (), seed: int = 0) -> Outcome:
@@ -827,7 +832,7 @@ def baseline_logreg(ctx: Context, dataset: str, overrides: list[str] = (), seed:
 
 
 def _supervised_build(ctx: Context, encoder_name: str, encoder_params: dict[str, Any], cfg, data_art: Artifact,
-                      seed: int, tmp: Path, protocol: str) -> dict[str, Any]:
+                      seed: int, tmp: Path, protocol: str, augment: str = "none") -> dict[str, Any]:
     from clt import plots
     from clt.devices import describe, pick_device, seed_everything
     from clt.models.heads import build_encoder
@@ -842,13 +847,14 @@ def _supervised_build(ctx: Context, encoder_name: str, encoder_params: dict[str,
     encoder = build_encoder(encoder_name, encoder_params, data.in_shape).to(device)
     index = few_label_subset(data.train.labels, seed, cfg.labels_per_class, cfg.labels)
     head = build_head(cfg, encoder.out_dim, len(data.classes)).to(device)
-    ctx.report.info(f"baseline ({protocol}): {encoder_name} + {cfg.head} head, {len(index)} labels, "
+    ctx.report.info(f"baseline ({protocol}{', ' + augment + ' augmentation' if augment != 'none' else ''}): "
+                    f"{encoder_name} + {cfg.head} head, {len(index)} labels, "
                     f"{cfg.epochs} epochs")
     # one learning rate for both parts: nothing here is pretrained
     cfg = type(cfg)(**{**_plain(cfg), "finetune_lr_scale": 1.0})
     history = finetune(encoder, head, data.to(device), index.to(device), cfg, device, "fp32", seed,
                        lambda r: ctx.report.info(f"epoch {r['epoch']}: loss {r['loss']:.4f}, "
-                                                 f"train accuracy {r['train_accuracy']:.4f}"))
+                                                 f"train accuracy {r['train_accuracy']:.4f}"), augment)
     _save_module(encoder, tmp / "encoder.safetensors")
     _save_module(head, tmp / "head.safetensors")
     (tmp / "history.json").write_text(json.dumps(history, indent=1))
@@ -860,7 +866,8 @@ def _supervised_build(ctx: Context, encoder_name: str, encoder_params: dict[str,
                     "out_dim": encoder.out_dim},
         "head": {"kind": cfg.head, "in_dim": encoder.out_dim, "classes": len(data.classes), "hidden": cfg.hidden},
         "subset": index.tolist() if (cfg.labels_per_class or cfg.labels) else "all",
-        "protocol": {"protocol": protocol, "epochs": cfg.epochs, "labels_used": int(len(index)), "final_epoch": True},
+        "protocol": {"protocol": protocol, "epochs": cfg.epochs, "labels_used": int(len(index)), "final_epoch": True,
+                     **({"augment": augment} if augment != "none" else {})},
         "metrics": {"train_accuracy": history[-1]["train_accuracy"] if history else None,
                     "labels_used": int(len(index))},
     }
@@ -882,7 +889,8 @@ def summarize(store: Store, refs: list[str]) -> list[dict[str, Any]]:
         protocol = dict(art.manifest.get("protocol", {}))
         seed = (target.manifest.get("spec") or {}).get("seed")
         key = canonical_json({"name": target.name, "protocol": protocol.get("protocol"),
-                              "labels": protocol.get("labels_used"), "knn": protocol.get("knn")})
+                              "augment": protocol.get("augment"), "labels": protocol.get("labels_used"),
+                              "knn": protocol.get("knn")})
         group = groups.setdefault(key, {
             "name": target.name, "objective": (recipe.get("objective") or {}).get("name", "-")
             if encoder.kind == "encoder" else "-",
@@ -911,6 +919,8 @@ def _protocol_text(protocol: dict[str, Any]) -> str:
     parts = []
     if protocol.get("protocol"):
         parts.append(f"{protocol['protocol']}, {protocol.get('epochs', '?')} ep")
+    if protocol.get("augment"):
+        parts.append(f"{protocol['augment']} augmentation")
     if protocol.get("knn"):
         knn = protocol["knn"]
         parts.append(f"{knn['k']}-NN {knn['metric']} {knn['vote']}")

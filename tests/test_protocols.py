@@ -168,6 +168,32 @@ def test_baselines_are_probes_that_evaluate(ctx):
     assert scratch.artifact.manifest["metrics"]["labels_used"] == 50
 
 
+def test_scratch_baseline_with_augmentation_is_its_own_row(ctx):
+    settings = ["probe.epochs=3", "probe.labels_per_class=5"]
+    plain = stages.baseline_scratch(ctx, DIGITS, settings)
+    augmented = stages.baseline_scratch(ctx, DIGITS, settings, augment="digits")
+    assert augmented.artifact.id != plain.artifact.id
+    assert augmented.artifact.manifest["protocol"]["augment"] == "digits"
+    assert "augment" not in plain.artifact.manifest["protocol"]
+    # the same seed, labels and order: only the augmented views make the weights differ
+    from safetensors.torch import load_file
+
+    plain_w = load_file(str(plain.artifact.file("encoder.safetensors")))
+    augmented_w = load_file(str(augmented.artifact.file("encoder.safetensors")))
+    assert any(not torch.equal(plain_w[k], augmented_w[k]) for k in plain_w)
+    evaluations = [stages.evaluate(ctx, o.artifact.id).artifact.id for o in (plain, augmented)]
+    protocols = [row["protocol"] for row in stages.summarize(ctx.store, evaluations)]
+    assert len(protocols) == 2 and any("digits augmentation" in p for p in protocols)
+
+
+def test_scratch_baseline_refuses_an_unknown_augmentation_preset(ctx):
+    from clt.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="--augment 'digit'") as err:
+        stages.baseline_scratch(ctx, DIGITS, ["probe.epochs=1"], augment="digit")
+    assert "digits" in (err.value.hint or "")
+
+
 def test_seeds_group_into_mean_and_std(ctx, encoder):
     evaluations = [stages.evaluate(ctx, stages.probe(ctx, encoder, ["probe.epochs=2"], seed=seed).artifact.id)
                    for seed in (0, 1, 2)]
