@@ -8,7 +8,9 @@ other, and print images (or views) per second, peak resident memory and the shar
 machine's measured matrix-multiply peak.
 
     python bench/speed.py pair      --steps 150
+    python bench/speed.py pair_target --seeds 0,1,2  # wall time to the published accuracies
     python bench/speed.py simclr    --steps 40
+    python bench/speed.py simclr_layouts --steps 30  # clt alone: channels_last, torch.compile
     python bench/speed.py simclr_cifar --steps 3
     python bench/speed.py all
 """
@@ -213,7 +215,7 @@ def run_reference_simclr(arrays, encoder, params, projection, steps, batch, work
 
 
 def run_clt_simclr(arrays, encoder, params, projection, steps, batch, dataset_name, precision="fp32",
-                   channels_last=False) -> dict:
+                   channels_last=False, compile=False) -> dict:
     from clt.devices import autocast
 
     torch.manual_seed(0)
@@ -222,6 +224,7 @@ def run_clt_simclr(arrays, encoder, params, projection, steps, batch, dataset_na
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    forward = torch.compile(model) if compile else model  # compiled in the two untimed warm-up steps
     images = torch.from_numpy(arrays.train_images)
     augment = BatchAugment(resolve_spec(None, dataset_name, shape[0]))
     mean = torch.tensor(arrays.train_images.reshape(len(images), shape[0], -1)[:2000].mean((0, 2)) / 255)
@@ -241,7 +244,7 @@ def run_clt_simclr(arrays, encoder, params, projection, steps, batch, dataset_na
             views = views.contiguous(memory_format=torch.channels_last)
         aug_s += time.perf_counter() - t0
         with autocast(device, precision):
-            z = model(views)
+            z = forward(views)
         loss = nt_xent(z.float(), 0.5)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -262,13 +265,68 @@ def bench_pair(args) -> dict:
             "speedup_pairs": ours["pairs_per_s"] / ref["pairs_per_s"]}
 
 
+def bench_pair_target(args) -> dict:
+    """Wall time for clt to reach the published pair and probe accuracies, against the reference's 10 epochs.
+
+    clt runs its real stages (pretrain, probe, evaluate) on recipes/mnist_pair_fast.yaml (or
+    --recipe) in a fresh store, once per seed; the reference's 10-epoch time is its epoch time
+    measured over --steps batches, times 10.
+    """
+    import tempfile
+
+    from clt import stages
+    from clt.store import Store
+
+    arrays = fetch("mnist", source=SHARED / "mnist", cache_dir=Path("/tmp"))
+    reference_10 = 10 * run_reference_pair(arrays, args.steps, 64)["epoch_s"]
+    runs = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as root:
+            ctx = stages.Context(store=Store(Path(root)))
+            stages.download(ctx, "mnist", str(SHARED / "mnist"))
+            started = time.perf_counter()
+            encoder = stages.pretrain(ctx, str(ROOT / "recipes" / f"{args.recipe}.yaml"),
+                                      ([f"pretrain.epochs={args.epochs}"] if args.epochs else []) + args.set,
+                                      seed=seed)
+            pretrained = time.perf_counter()
+            probe = stages.probe(ctx, encoder.artifact.id)
+            metrics = stages.evaluate(ctx, probe.artifact.id).artifact.metrics
+            wall = time.perf_counter() - started
+        runs.append({"seed": seed, "pretrain_s": pretrained - started, "wall_s": wall,
+                     "wall_ratio": wall / reference_10, "probe_accuracy": metrics["accuracy"],
+                     "pair_accuracy_random_partner": metrics["pair_accuracy_random_partner"],
+                     "pair_accuracy_balanced": metrics["pair_accuracy"],
+                     "targets_met": (metrics["accuracy"] >= 0.9932
+                                     and metrics["pair_accuracy_random_partner"] >= 0.9958)})
+        print(json.dumps(runs[-1]), flush=True)
+    return {"reference_10_epochs_s": reference_10, "recipe": args.recipe, "overrides": args.set, "runs": runs,
+            "mean_wall_ratio": float(np.mean([r["wall_ratio"] for r in runs])),
+            "mean_probe_accuracy": float(np.mean([r["probe_accuracy"] for r in runs])),
+            "mean_pair_accuracy_random_partner": float(np.mean([r["pair_accuracy_random_partner"] for r in runs]))}
+
+
 def bench_simclr(args) -> dict:
     arrays = fetch("mnist", source=SHARED / "mnist", cache_dir=Path("/tmp"))
     ref = run_reference_simclr(arrays, "pair_cnn", {}, [128, 64], args.steps, 256, args.workers)
-    ours = run_clt_simclr(arrays, "pair_cnn", {}, [128, 64], args.steps, 256, "mnist")
+    ours = run_clt_simclr(arrays, "pair_cnn", {}, [128, 64], args.steps, 256, "mnist",
+                          channels_last=True)  # as recipes/mnist_simclr.yaml
     flops = 3 * conv_flops(simclr_model("pair_cnn", {}, (1, 28, 28), [128, 64]), (1, 28, 28))
     return {"reference": ref, "clt": ours, "speedup": ours["views_per_s"] / ref["views_per_s"],
             "clt_gflops": ours["views_per_s"] * flops / 1e9}
+
+
+def bench_simclr_layouts(args) -> dict:
+    """clt's SimCLR MNIST step alone in four set-ups: memory layout and torch.compile."""
+    arrays = fetch("mnist", source=SHARED / "mnist", cache_dir=Path("/tmp"))
+    runs = {}
+    for channels_last in (False, True):
+        for compiled in (False, True):
+            name = ("channels_last" if channels_last else "contiguous") + (" + compile" if compiled else "")
+            runs[name] = run_clt_simclr(arrays, "pair_cnn", {}, [128, 64], args.steps, 256, "mnist",
+                                        channels_last=channels_last, compile=compiled)
+            print(name, json.dumps(runs[name]), flush=True)
+    base = runs["contiguous"]["views_per_s"]
+    return {name: {**run, "vs_contiguous": run["views_per_s"] / base} for name, run in runs.items()}
 
 
 def bench_simclr_cifar(args) -> dict:
@@ -282,13 +340,19 @@ def bench_simclr_cifar(args) -> dict:
             "clt_gflops": ours["views_per_s"] * flops / 1e9}
 
 
-BENCHES = {"pair": bench_pair, "simclr": bench_simclr, "simclr_cifar": bench_simclr_cifar}
+BENCHES = {"pair": bench_pair, "pair_target": bench_pair_target, "simclr": bench_simclr,
+           "simclr_layouts": bench_simclr_layouts, "simclr_cifar": bench_simclr_cifar}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", choices=[*BENCHES, "all"])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--recipe", default="mnist_pair_fast", help="pair_target: the recipe clt runs.")
+    parser.add_argument("--epochs", type=int, default=None, help="pair_target: override the recipe's epochs.")
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
+                        help="pair_target: one clt run per seed, e.g. 0,1,2.")
+    parser.add_argument("--set", action="append", default=[], help="Recipe override for pair_target's clt run.")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference loop.")
     parser.add_argument("--precision", default="fp32", help="clt's precision for simclr_cifar (bf16 where the "
                                                              "CPU has native bf16).")
