@@ -800,12 +800,10 @@ def baseline_scratch(ctx: Context, recipe_path: str, overrides: list[str] = (), 
                      augment: str = "none") -> Outcome:
     """The recipe's encoder plus its probe head trained from scratch, supervised, on the probe's
     labels; with an `augment` preset each batch is freshly augmented (a fairer baseline on few labels)."""
-    from clt.data.augment import PRESETS
+    from clt.data.augment import check_preset
     from clt.recipe import recipe_from_dict
 
-    if augment not in (*PRESETS, "auto"):
-        raise RecipeError(f"--augment '{augment}' is not an augmentation preset",
-                          did_you_mean(augment, [*PRESETS, "auto"]))
+    check_preset(augment, "--augment preset")
     raw = _recipe_raw(recipe_path, list(overrides), seed)
     recipe = recipe_from_dict(raw, recipe_path)
     data_art = dataset_artifact(ctx, recipe.data.dataset)

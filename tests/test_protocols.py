@@ -189,7 +189,7 @@ def test_scratch_baseline_with_augmentation_is_its_own_row(ctx):
 def test_scratch_baseline_refuses_an_unknown_augmentation_preset(ctx):
     from clt.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="--augment 'digit'") as err:
+    with pytest.raises(RecipeError, match="unknown --augment preset 'digit'") as err:
         stages.baseline_scratch(ctx, DIGITS, ["probe.epochs=1"], augment="digit")
     assert "digits" in (err.value.hint or "")
 

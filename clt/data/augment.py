@@ -70,15 +70,19 @@ _TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, 
 _FROM_YIQ = torch.linalg.inv(_TO_YIQ)
 
 
+def check_preset(name: str, where: str = "pretrain.augment.preset") -> None:
+    """Refuse a name that is neither a preset nor "auto", naming the key or flag it came from."""
+    if name not in PRESETS and name != "auto":
+        raise RecipeError(f"unknown {where} '{name}'", did_you_mean(name, [*PRESETS, "auto"]))
+
+
 def resolve_spec(cfg: AugmentConfig | None, dataset: str, channels: int) -> AugmentSpec:
     """Pick the preset ("auto" by dataset / channel count), then apply every key of `cfg` that is set."""
     cfg = cfg or AugmentConfig()
+    check_preset(cfg.preset)
     name = cfg.preset
     if name == "auto":
         name = "digits" if dataset in DIGIT_DATASETS or channels == 1 else "simclr_cifar"
-    if name not in PRESETS:
-        raise RecipeError(f"unknown pretrain.augment.preset '{cfg.preset}'",
-                          did_you_mean(cfg.preset, [*PRESETS, "auto"]))
     overrides = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                  if f.name != "preset" and getattr(cfg, f.name) is not None}
     if "crop_scale" in overrides:
