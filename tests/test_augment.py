@@ -14,6 +14,7 @@ from clt.data.augment import (
     PRESETS,
     AugmentSpec,
     BatchAugment,
+    _check_spec,
     _crop_boxes,
     _hue_matrix,
     resolve_spec,
@@ -322,3 +323,37 @@ def test_out_of_range_values_name_their_key(cfg: AugmentConfig) -> None:
                if f.name != "preset" and getattr(cfg, f.name) is not None)
     with pytest.raises(RecipeError, match=f"pretrain.augment.{key}"):
         resolve_spec(cfg, "cifar10", 3)
+
+
+# ---------------------------------------------------------------- pad and crop
+
+
+def _whole_pixel_shift(image: torch.Tensor, out: torch.Tensor, pad: int) -> tuple[int, int, bool] | None:
+    """The (dy, dx, mirrored) for which `out` is `image` zero-padded by `pad` and cropped, if any."""
+    h, w = image.shape[-2:]
+    for mirrored in (False, True):
+        padded = torch.nn.functional.pad(image.flip(-1) if mirrored else image, (pad, pad, pad, pad))
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                if torch.allclose(padded[:, dy:dy + h, dx:dx + w], out, atol=1e-5):
+                    return dy - pad, dx - pad, mirrored
+    return None
+
+
+def test_pad_crop_is_a_whole_pixel_shift_with_zero_fill_of_each_image() -> None:
+    x = rand_batch(b=48, c=3, h=12, w=10, seed=3)
+    out = BatchAugment(PRESETS["cifar_crop"])(x, gen(5))
+    shifts = [_whole_pixel_shift(x[i], out[i], pad=4) for i in range(len(x))]
+    # every image is exactly a padded crop (no bilinear blur), and the draws differ per image
+    assert all(s is not None for s in shifts)
+    assert len({s[:2] for s in shifts if s}) > 10
+    assert {s[2] for s in shifts if s} == {False, True}
+    assert max(max(abs(s[0]), abs(s[1])) for s in shifts if s) == 4
+
+
+def test_pad_crop_with_translate_or_negative_is_refused_by_key() -> None:
+    with pytest.raises(RecipeError, match="pretrain.augment.pad_crop") as err:
+        resolve_spec(AugmentConfig(preset="cifar_crop", translate=0.1), "cifar10", 3)
+    assert "translate" in str(err.value) + (err.value.hint or "")
+    with pytest.raises(RecipeError, match="pretrain.augment.pad_crop"):
+        _check_spec(dataclasses.replace(PRESETS["none"], pad_crop=-1))

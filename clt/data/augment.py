@@ -37,6 +37,9 @@ class AugmentSpec:
     blur: float = 0.0  # probability of Gaussian blur, sigma ~ U[0.1, 2.0]
     rotate: float = 0.0  # max degrees of rotation
     translate: float = 0.0  # max fraction of the side for translation
+    # RandomCrop(size, padding=p): a whole-pixel shift of up to p in each axis, zero fill, no resampling
+    # blur (bilinear sampling at whole-pixel offsets returns the pixels themselves)
+    pad_crop: int = 0
 
 
 PRESETS: dict[str, AugmentSpec] = {
@@ -50,6 +53,8 @@ PRESETS: dict[str, AugmentSpec] = {
     # Supervised-style light augmentation for label-driven objectives (triplet, pairs) on CIFAR:
     # a mild crop and a flip, no colour distortion.
     "cifar_light": AugmentSpec(crop_scale=(0.6, 1.0), flip=0.5),
+    # The standard supervised CIFAR augmentation (He et al. 2016): pad 4, random 32x32 crop, flip.
+    "cifar_crop": AugmentSpec(crop_scale=None, pad_crop=4, flip=0.5),
     "none": AugmentSpec(crop_scale=None),
 }
 DIGIT_DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -108,6 +113,11 @@ def _check_spec(spec: AugmentSpec) -> None:
             raise bad(key, getattr(spec, key), ">= 0")
     if spec.translate > 1:
         raise bad("translate", spec.translate, "a fraction of the side in [0, 1]")
+    if spec.pad_crop < 0:
+        raise bad("pad_crop", spec.pad_crop, ">= 0 pixels")
+    if spec.pad_crop and spec.translate:
+        # both draw their shift from the same columns; one shift rule per preset
+        raise bad("pad_crop", spec.pad_crop, "0 when translate is set (use one or the other)")
 
 
 class BatchAugment:
@@ -137,7 +147,7 @@ class BatchAugment:
 
     def _geometry(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        if s.crop_scale is None and s.rotate == 0 and s.translate == 0:
+        if s.crop_scale is None and s.rotate == 0 and s.translate == 0 and s.pad_crop == 0:
             if s.flip == 0:
                 return x
             # Flip alone needs no resampling: index exactly instead of interpolating.
@@ -196,6 +206,12 @@ def _affine(u: torch.Tensor, s: AugmentSpec, h: int, w: int) -> torch.Tensor:
     # A shift of fraction t of the side is 2t in normalised coordinates.
     theta[:, 0, 2] = cx + (2 * u[:, _TX] - 1) * 2 * s.translate
     theta[:, 1, 2] = cy + (2 * u[:, _TY] - 1) * 2 * s.translate
+    if s.pad_crop:
+        # k whole pixels, uniform in [-p, p]; one pixel is 2/side in normalised coordinates
+        span = 2 * s.pad_crop + 1
+        for row, col, side in ((0, _TX, w), (1, _TY, h)):
+            k = (u[:, col] * span).floor().clamp(max=span - 1) - s.pad_crop
+            theta[:, row, 2] += k * 2 / side
     return theta
 
 

@@ -24,7 +24,8 @@ def squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
     return dist * (1 - torch.eye(len(embeddings), device=embeddings.device, dtype=dist.dtype))
 
 
-def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def class_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, B) masks: same class but not the image itself (positives), other class (negatives)."""
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
@@ -33,7 +34,7 @@ def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def random_triplets(labels: torch.Tensor, generator: torch.Generator | None = None,
                     dist: torch.Tensor | None = None, margin: float = 0.0):
     """For each anchor with a positive and a negative in the batch: one of each, at random."""
-    pos, neg = _masks(labels)
+    pos, neg = class_masks(labels)
     valid = pos.any(1) & neg.any(1)
     anchors = valid.nonzero().flatten()
     noise = torch.rand(labels.shape[0], labels.shape[0], generator=generator).to(labels.device)
@@ -44,7 +45,7 @@ def random_triplets(labels: torch.Tensor, generator: torch.Generator | None = No
 
 def all_triplets(labels: torch.Tensor, generator=None, dist=None, margin: float = 0.0):
     """Every valid (anchor, positive, negative) of the batch."""
-    pos, neg = _masks(labels)
+    pos, neg = class_masks(labels)
     valid = pos[:, :, None] & neg[:, None, :]
     a, p, n = valid.nonzero(as_tuple=True)
     return a, p, n
@@ -52,7 +53,7 @@ def all_triplets(labels: torch.Tensor, generator=None, dist=None, margin: float 
 
 def hardest_triplets(labels: torch.Tensor, generator=None, dist: torch.Tensor | None = None, margin: float = 0.0):
     """Batch-hard (Hermans et al.): per anchor the farthest positive and the closest negative."""
-    pos, neg = _masks(labels)
+    pos, neg = class_masks(labels)
     valid = pos.any(1) & neg.any(1)
     d = dist.detach()
     p = torch.where(pos, d, float("-inf")).argmax(1)
@@ -65,7 +66,7 @@ def semi_hard_triplets(labels: torch.Tensor, generator=None, dist: torch.Tensor 
                        margin: float = 0.0):
     """FaceNet: for each (anchor, positive) the closest negative farther than the positive but
     within the margin; pairs with no such negative are left out."""
-    pos, neg = _masks(labels)
+    pos, neg = class_masks(labels)
     d = dist.detach()
     a, p = pos.nonzero(as_tuple=True)
     dap = d[a, p][:, None]
