@@ -353,7 +353,8 @@ def baseline_scratch(
     labels: Optional[int] = typer.Option(None, "--labels"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     augment: str = typer.Option("none", "--augment", metavar="PRESET",
-                                help="Augment every batch with a preset (digits, cifar_light, ...; auto by dataset)."),
+                                help="Augment every batch with a named preset (digits, cifar_crop, ...; an "
+                                "unknown name lists them all; auto picks by dataset)."),
     set_: list[str] = SET_OPT,
     seed: Optional[int] = typer.Option(None, "--seed"),
     seeds: Optional[str] = SEEDS_OPT,

@@ -20,6 +20,12 @@ from clt.errors import RecipeError, did_you_mean
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+# Field metadata for options added after artifacts were first stored: such a field is left out of
+# the recipe's canonical form (and so of every address) while it holds its default, so adding an
+# option does not change the address of every recipe written before it.
+OMIT_IF_DEFAULT = {"omit_if_default": True}
+
+
 @dataclass
 class DataConfig:
     dataset: str = "digits"
@@ -76,6 +82,10 @@ class PretrainConfig:
     augment: AugmentConfig | None = None
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = once per epoch
     snapshot_every: int = 0  # epochs between encoder snapshots kept in the artifact (accuracy vs time); 0 = none
+    # progressive resizing: [[16, 10], [24, 8]] trains the first 10 epochs on images downscaled
+    # to 16×16, the next 8 at 24×24, the rest at full size; an epoch at side s costs about
+    # (s / size)² of a full one, and the early epochs learn coarse features as well at low size
+    progressive_resize: list[tuple[int, int]] = field(default_factory=list, metadata=OMIT_IF_DEFAULT)
 
 
 @dataclass
@@ -343,11 +353,31 @@ def _check_ranges(recipe: Recipe, where: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", recipe.data.dataset):
         raise RecipeError(f"{where}: data.dataset {recipe.data.dataset!r} is not a dataset name",
                           "use the name given to `clt download` (letters, digits, '.', '_', '-')")
+    _check_progressive_resize(recipe.pretrain, where)
     for (section, key), (ok, must) in _RANGES.items():
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
             raise RecipeError(f"{where}: {section}.{key} = {value!r} is out of range: it must be {must}",
                               f"change {section}.{key} in the recipe or with --set {section}.{key}=...")
+
+
+def _check_progressive_resize(cfg: PretrainConfig, where: str) -> None:
+    """Sides at least 8 and growing, each stage at least one epoch, the last epoch at full size."""
+    stages = cfg.progressive_resize
+    key = "pretrain.progressive_resize"
+    fix = f"write {key} as [[side, epochs], ...] with growing sides, e.g. [[16, 10], [24, 8]]"
+    for i, (side, epochs) in enumerate(stages):
+        if side < 8 or epochs < 1:
+            raise RecipeError(f"{where}: {key}[{i}] = {[side, epochs]} is out of range: the side must be "
+                              ">= 8 pixels and the epochs >= 1", fix)
+        if i and side <= stages[i - 1][0]:
+            raise RecipeError(f"{where}: {key}[{i}] side {side} is not larger than the stage before "
+                              f"({stages[i - 1][0]})", fix)
+    low = sum(epochs for _, epochs in stages)
+    if stages and low >= cfg.epochs:
+        raise RecipeError(f"{where}: {key} covers {low} epochs but pretrain.epochs is {cfg.epochs}: the "
+                          "last epochs must be at full size (the encoder is evaluated at full size)",
+                          f"raise pretrain.epochs above {low} or shorten the low-resolution stages")
 
 
 # ---------------------------------------------------------------- generic typed parsing
@@ -447,12 +477,17 @@ def _type_error(where: str, dotted: str, value: Any, expected: str) -> RecipeErr
 def to_plain(obj: Any) -> Any:
     """Dataclasses → dicts, tuples → lists: the canonical JSON form of a recipe."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == _default_of(f))}
     if isinstance(obj, dict):
         return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     return obj
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def params_of(cls: type, plain: dict[str, Any]) -> Any:

@@ -262,7 +262,8 @@ def _pretrain_build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifac
         work = ctx.store.work_dir(artifact_id)
 
         def on_epoch(record):
-            message = (f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
+            at = f" at {record['image_height']}px" if recipe.pretrain.progressive_resize else ""
+            message = (f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
                        f"embedding spread {record['embedding_spread']:.3f}")
             ctx.report.info(message)
             every = recipe.pretrain.snapshot_every

@@ -121,6 +121,12 @@ def pretrain(
     if steps_per_epoch == 0:
         raise TrainingError(f"pretrain.batch_size = {cfg.batch_size} is larger than the {len(train)} training images",
                             f"set --set pretrain.batch_size={max(2, len(train) // 4)}")
+    height = data.in_shape[1]
+    for side, _ in cfg.progressive_resize:
+        if side >= height:
+            raise TrainingError(f"pretrain.progressive_resize side {side} is not below the {height}-pixel "
+                                f"images of dataset '{data.name}'",
+                                f"use sides below {height}, e.g. [[{height // 2}, 5]]")
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -147,6 +153,7 @@ def pretrain(
         losses: list[torch.Tensor] = [torch.tensor(v) for v in resumed_losses] if epoch == start_epoch else []
         spread_sample: torch.Tensor | None = None
         first = start_step if epoch == start_epoch else 0
+        side = epoch_side(cfg, epoch, height)
         for step in range(first, steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -154,6 +161,8 @@ def pretrain(
             generator = step_generator(seed, global_step * world + rank)
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout, per step
             x, y = _views(data, train.images[batch], train.labels[batch], objective.views, augment, generator)
+            if side != height:
+                x = downscale(x, side)
             with autocast(device, precision):
                 z = forward(x)
             if distributed:
@@ -187,6 +196,7 @@ def pretrain(
             "loss": float(torch.stack(losses).mean()) if losses else float("nan"),
             "lr": optimizer.param_groups[0]["lr"],
             "embedding_spread": embedding_spread(spread_sample) if spread_sample is not None else float("nan"),
+            "image_height": side,
             "seconds": round(time.perf_counter() - started, 3),
         }
         record["collapse_warning"] = record["embedding_spread"] < COLLAPSE_STD
@@ -198,6 +208,23 @@ def pretrain(
                                      time.perf_counter() - started, [], result.images_seen))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def epoch_side(cfg: PretrainConfig, epoch: int, full: int) -> int:
+    """The image height that 0-based `epoch` trains at under `cfg.progressive_resize`."""
+    end = 0
+    for side, epochs in cfg.progressive_resize:
+        end += epochs
+        if epoch < end:
+            return side
+    return full
+
+
+def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, C, H, W) -> height `side`, width in proportion; antialiased, so no aliasing of fine detail."""
+    height, width = x.shape[-2:]
+    size = (side, max(1, round(width * side / height)))
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def _views(data: ImageData, images: torch.Tensor, labels: torch.Tensor, views: int,

@@ -354,3 +354,32 @@ def test_mutated_recipe_is_recipe_or_recipe_error(data):
         return
     assert isinstance(recipe, Recipe)
     assert recipe_from_dict(recipe.to_dict()) == recipe
+
+
+# ---------------------------------------------------------------- options added later keep old addresses
+
+
+def test_progressive_resize_is_left_out_of_the_address_until_set():
+    from clt.store import address
+
+    plain = Recipe().to_dict()
+    assert "progressive_resize" not in plain["pretrain"]  # so recipes written before it keep their addresses
+    resized = load_recipe(DIGITS, ["pretrain.epochs=3", "pretrain.progressive_resize=[[8, 1]]"])
+    assert resized.to_dict()["pretrain"]["progressive_resize"] == [[8, 1]]
+    unresized = load_recipe(DIGITS, ["pretrain.epochs=3"])
+    assert address({"recipe": resized.to_dict()}) != address({"recipe": unresized.to_dict()})
+    # the stored form reads back to the same recipe, with or without the key
+    for recipe in (resized, unresized):
+        assert recipe_from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+
+
+@pytest.mark.parametrize("value, says", [
+    ("[[16, 2], [16, 1]]", "is not larger than the stage before"),
+    ("[[4, 1]]", ">= 8 pixels"),
+    ("[[16, 0]]", "the epochs >= 1"),
+    ("[[16, 2], [24, 1]]", "the last epochs must be at full size"),
+    ("[[16]]", "a list of 2 values"),
+])
+def test_bad_progressive_resize_is_refused_by_key(value, says):
+    err = error_of(DIGITS, ("pretrain.epochs=3", f"pretrain.progressive_resize={value}"))
+    assert "pretrain.progressive_resize" in str(err) and says in str(err)
