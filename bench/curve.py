@@ -10,7 +10,9 @@ and writes a table and a PNG (accuracy against wall time and epoch):
     python bench/curve.py ENCODER_ID --train 10000 --k 200
 
 The curve's kNN uses a train subset so each point costs seconds; the final encoder's full
-protocol (all 50,000 train embeddings, MLP probe) is in the evaluation artifact.
+protocol (all 50,000 train embeddings, MLP probe) is in the evaluation artifact. Snapshots of
+epochs trained on downscaled images (`pretrain.progressive_resize`) are scored at full size, as
+the encoder would be used.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=10000, help="train embeddings searched (class-balanced)")
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
+    parser.add_argument("--every", type=int, default=1, help="score every Nth snapshot (and always the last)")
     parser.add_argument("--out", default=None, help="results name (default: <recipe>_curve)")
     args = parser.parse_args()
 
@@ -59,6 +62,7 @@ def main() -> None:
 
     rows = []
     history = {h["epoch"]: h for h in json.loads(artifact.file("history.json").read_text())}
+    found = [snap for i, snap in enumerate(found) if (i + 1) % args.every == 0 or i == len(found) - 1]
     for epoch, seconds, file in found:
         started = time.perf_counter()
         encoder = stages.load_encoder(artifact, device, file).to(memory_format=torch.channels_last)
@@ -69,7 +73,9 @@ def main() -> None:
                                 metric="cosine", vote="distance")
         accuracy = float((predicted.cpu() == data.test.labels.cpu()).float().mean()) * 100
         loss = history.get(epoch, {}).get("loss")
-        rows.append({"epoch": epoch, "train_seconds": seconds or 0.0, "knn_accuracy": round(accuracy, 2), "loss": loss})
+        height = history.get(epoch, {}).get("image_height", data.in_shape[1])
+        rows.append({"epoch": epoch, "train_seconds": seconds or 0.0, "knn_accuracy": round(accuracy, 2), "loss": loss,
+                     "image_height": height})
         print(f"epoch {epoch:3d}  {seconds or 0:7.0f} s  {args.k}-NN {accuracy:6.2f} %  "
               f"(scored in {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
@@ -77,11 +83,10 @@ def main() -> None:
     command = "python bench/curve.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     protocol = f"{args.k}-NN accuracy % ({args.train:,} train, {len(data.test):,} test)"
-    lines = [f"| epoch | training time (s) | {protocol} | loss |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['epoch']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | "
-              f"{r['loss']:.4f} |" if r["loss"] is not None else
-              f"| {r['epoch']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | – |" for r in rows]
+    lines = [f"| epoch | trained at (px) | training time (s) | {protocol} | loss |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['epoch']} | {r['image_height']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | "
+              + (f"{r['loss']:.4f} |" if r["loss"] is not None else "– |") for r in rows]
     text = "\n".join(lines) + (f"\n\nEncoder {artifact.short} ({artifact.manifest['recipe']['name']}, "
                                f"trained on {artifact.manifest.get('device', '?')}). Command: `{command}` on "
                                f"{machine}.\n")
