@@ -50,9 +50,10 @@ def recipe(name: str) -> str:
 
 
 def _epochs(args, default: int | None = None) -> list[str]:
-    """--epochs overrides the recipe's epochs; without it the recipe's own (or `default`) stands."""
+    """--epochs overrides the recipe's epochs, all at full size (a progressive-resizing schedule is
+    written for the recipe's own epochs); without it the recipe's own (or `default`) stands."""
     epochs = args.epochs or default
-    return [f"pretrain.epochs={epochs}"] if epochs else []
+    return [f"pretrain.epochs={epochs}", "pretrain.progressive_resize=[]"] if epochs else []
 
 
 def mnist_pair(ctx, args) -> list[str]:

@@ -38,7 +38,8 @@ def budget(raw: dict, args) -> tuple[list[str], list[str]]:
     """(pretrain overrides, probe overrides) for one recipe."""
     dataset = raw.get("data", {}).get("dataset", "digits")
     encoder = raw.get("model", {}).get("encoder", "pair_cnn")
-    pretrain = [] if dataset == "digits" else [f"pretrain.epochs={args.epochs}"]  # digits recipes are small
+    # digits recipes are small; the others run a few epochs at full size (no progressive resizing)
+    pretrain = [] if dataset == "digits" else [f"pretrain.epochs={args.epochs}", "pretrain.progressive_resize=[]"]
     if dataset == "mnist":
         pretrain.append(f"data.train_limit={args.mnist_images}")
     elif dataset == "cifar10":

@@ -126,7 +126,8 @@ def pretrain(
         if side >= height:
             raise TrainingError(f"pretrain.progressive_resize side {side} is not below the {height}-pixel "
                                 f"images of dataset '{data.name}'",
-                                f"use sides below {height}, e.g. [[{height // 2}, 5]]")
+                                f"use sides from 8 to {height - 1}" if height > 8 else
+                                "these images are too small to downscale: remove pretrain.progressive_resize")
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
