@@ -19,10 +19,14 @@ one() {
   label=$1; shift
   start=$(date +%s)
   encoder=$($clt -q pretrain "$recipe" --device "$device" --set pretrain.snapshot_every=0 "$@") \
-    || { echo "$label failed"; return 0; }
+    || { echo "$label failed in pretrain"; return 0; }
   trained=$(date +%s)
-  probe=$($clt -q probe "$encoder" --device "$device")
-  $clt -q evaluate "$probe" --device "$device" --knn "$k" --json | python3 -c '
+  # each stage is checked: the function runs in its own bash, without the script's errexit, and an
+  # empty probe id would make evaluate score the store's latest probe instead
+  probe=$($clt -q probe "$encoder" --device "$device") || { echo "$label failed in probe"; return 0; }
+  result=$($clt -q evaluate "$probe" --device "$device" --knn "$k" --json) \
+    || { echo "$label failed in evaluate"; return 0; }
+  echo "$result" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 print(sys.argv[1], sys.argv[2], sys.argv[3], r["accuracy"], r.get("knn_accuracy"))
