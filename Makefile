@@ -1,5 +1,5 @@
 # make demo: install, then run every stage on the embedded digits dataset.
-# make test: install, then run the test suite.
+# make test: install, check the import contracts (import-linter), then run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,6 +21,7 @@ demo: install
 	CLT=$(BIN)/clt bash scripts/demo.sh
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: install

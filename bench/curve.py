@@ -24,16 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from clt import plots, stages
+from clt.features import extract_features
+from clt.metrics import knn_predict
+from clt.probing import few_label_subset
+from clt.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from clt import plots, stages  # noqa: E402
-from clt.metrics import knn_predict  # noqa: E402
-from clt.probe import extract_features, few_label_subset  # noqa: E402
-from clt.store import Store  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from clt.metrics import knn_predict  # noqa: E402
+from clt.metrics import knn_predict
 
 
 def run(n_train: int, n_query: int, dim: int, k: int, vote: str) -> dict:

@@ -4,7 +4,7 @@ Each experiment runs clt's stages (the same code the CLI calls) at a budget that
 machine, then writes `bench/results/<experiment>.md` and `.json`: the `clt compare` table plus
 epochs and wall time. Real copies of the datasets are read from ../shared/datasets.
 
-    python bench/published.py mnist_pair                  # 10 epochs, linear probe 1 epoch
+    python bench/published.py mnist_pair                  # 10 epochs, linear probe 1 epoch, 3 seeds
     python bench/published.py mnist_cosine_knn --epochs 5
     python bench/published.py mnist_simclr_100 --epochs 15
     python bench/published.py cifar10_triplet --epochs 30 --device cuda
@@ -20,29 +20,36 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import clt
+from clt.cli.render import compare_markdown
 
-from clt import stages  # noqa: E402
-from clt.store import Store  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "bench" / "results"
 
 
-class Log(stages.Reporter):
-    def info(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    def warn(self, message: str) -> None:
-        print("warning:", message, file=sys.stderr, flush=True)
+def log(event: clt.ProgressEvent) -> None:
+    """The stages' log lines and warnings on stderr (progress bars are left out of log files)."""
+    if event.kind in ("info", "warn"):
+        print(("warning: " if event.kind == "warn" else "") + event.message, file=sys.stderr, flush=True)
 
 
-def ensure(ctx: stages.Context, name: str) -> None:
-    if ctx.store.read_ref(f"dataset/{name}"):
+class Run:
+    """The store, device and logging every call of one bench run shares."""
+
+    def __init__(self, store: str, device: str):
+        self.store, self.device = clt.open_store(store), device
+
+    def opts(self, device: bool = True) -> dict:
+        return {"store": self.store, "progress": log, **({"device": self.device} if device else {})}
+
+
+def ensure(run: Run, name: str) -> None:
+    if run.store.read_ref(f"dataset/{name}"):
         return
     source = {"mnist": SHARED / "mnist", "cifar10": SHARED / "cifar10-jpeg.tar.gz"}[name]
-    stages.download(ctx, name, str(source))
+    clt.download(name, source, **run.opts(device=False))
 
 
 def recipe(name: str) -> str:
@@ -56,59 +63,63 @@ def _epochs(args, default: int | None = None) -> list[str]:
     return [f"pretrain.epochs={epochs}", "pretrain.progressive_resize=[]"] if epochs else []
 
 
-def mnist_pair(ctx, args) -> list[str]:
-    ensure(ctx, "mnist")
-    enc = stages.pretrain(ctx, recipe("mnist_pair"), _epochs(args, 10) + args.set)
-    probe = stages.probe(ctx, enc.artifact.id)
-    return [stages.evaluate(ctx, probe.artifact.id, confusion=True).artifact.id]
-
-
-def mnist_cosine_knn(ctx, args) -> list[str]:
-    ensure(ctx, "mnist")
-    enc = stages.pretrain(ctx, recipe("mnist_cosine_knn"), _epochs(args, 50) + args.set)
-    return [stages.evaluate(ctx, enc.artifact.id, knn=10, knn_metric="cosine", knn_vote="majority").artifact.id]
-
-
-def mnist_simclr_100(ctx, args) -> list[str]:
-    ensure(ctx, "mnist")
+def mnist_pair(run, args) -> list[str]:
+    ensure(run, "mnist")
     ids = []
     for seed in args.seeds:
-        enc = stages.pretrain(ctx, recipe("mnist_simclr"), _epochs(args) + args.set, seed=seed)
-        probe = stages.probe(ctx, enc.artifact.id, ["probe.labels=100"], seed=seed)
-        ids.append(stages.evaluate(ctx, probe.artifact.id).artifact.id)
+        enc = clt.pretrain(recipe("mnist_pair"), overrides=_epochs(args, 10) + args.set, seed=seed, **run.opts())
+        probe = clt.probe(enc.id, **run.opts())
+        ids.append(clt.evaluate(probe.id, confusion=True, **run.opts()).id)
+    return ids
+
+
+def mnist_cosine_knn(run, args) -> list[str]:
+    ensure(run, "mnist")
+    enc = clt.pretrain(recipe("mnist_cosine_knn"), overrides=_epochs(args, 50) + args.set, **run.opts())
+    return [clt.evaluate(enc.id, knn=10, metric="cosine", vote="majority", **run.opts()).id]
+
+
+def mnist_simclr_100(run, args) -> list[str]:
+    ensure(run, "mnist")
+    ids = []
+    for seed in args.seeds:
+        enc = clt.pretrain(recipe("mnist_simclr"), overrides=_epochs(args) + args.set, seed=seed, **run.opts())
+        probe = clt.probe(enc.id, overrides=["probe.labels=100"], seed=seed, **run.opts())
+        ids.append(clt.evaluate(probe.id, **run.opts()).id)
     # the same CNN from scratch on the same labels: without augmentation, and with the digits
     # preset the SimCLR views use (both at lr 1e-3 without weight decay: the probe's 1e-2 and
     # weight decay, tuned for a linear head on fixed features, made scratch training diverge)
     scratch_settings = ["probe.labels=100", "probe.lr=0.001", "probe.weight_decay=0"]
     for augment in ("none", "digits"):
         for seed in args.seeds:
-            scratch = stages.baseline_scratch(ctx, recipe("mnist_simclr"), scratch_settings, seed=seed,
-                                              augment=augment)
-            ids.append(stages.evaluate(ctx, scratch.artifact.id).artifact.id)
+            scratch = clt.baseline_scratch(recipe("mnist_simclr"), overrides=scratch_settings, seed=seed,
+                                           augment=augment, **run.opts())
+            ids.append(clt.evaluate(scratch.id, **run.opts()).id)
     return ids
 
 
-def cifar10_triplet(ctx, args) -> list[str]:
-    ensure(ctx, "cifar10")
-    enc = stages.pretrain(ctx, recipe(args.recipe or "cifar10_triplet"), _epochs(args) + args.set)
-    probe = stages.probe(ctx, enc.artifact.id)
-    ids = [stages.evaluate(ctx, probe.artifact.id, confusion=True, knn=200).artifact.id]
+def cifar10_triplet(run, args) -> list[str]:
+    ensure(run, "cifar10")
+    enc = clt.pretrain(recipe(args.recipe or "cifar10_triplet"), overrides=_epochs(args) + args.set, **run.opts())
+    probe = clt.probe(enc.id, **run.opts())
+    ids = [clt.evaluate(probe.id, confusion=True, knn=200, **run.opts()).id]
     if not args.skip_baselines:
-        cnn = stages.baseline_scratch(ctx, recipe("cifar10_plain_cnn"), [f"probe.epochs={args.baseline_epochs}"])
-        ids.append(stages.evaluate(ctx, cnn.artifact.id).artifact.id)
-        logreg = stages.baseline_logreg(ctx, "cifar10", [f"epochs={args.baseline_epochs}"])
-        ids.append(stages.evaluate(ctx, logreg.artifact.id).artifact.id)
+        cnn = clt.baseline_scratch(recipe("cifar10_plain_cnn"), overrides=[f"probe.epochs={args.baseline_epochs}"],
+                                   **run.opts())
+        ids.append(clt.evaluate(cnn.id, **run.opts()).id)
+        logreg = clt.baseline_logreg("cifar10", overrides=[f"epochs={args.baseline_epochs}"], **run.opts())
+        ids.append(clt.evaluate(logreg.id, **run.opts()).id)
     return ids
 
 
 def cifar10_contrastive(name: str):
-    def run(ctx, args) -> list[str]:
-        ensure(ctx, "cifar10")
-        enc = stages.pretrain(ctx, recipe(name), _epochs(args, 20) + args.set)
-        probe = stages.probe(ctx, enc.artifact.id)
-        return [stages.evaluate(ctx, probe.artifact.id, knn=200).artifact.id]
+    def run_one(run, args) -> list[str]:
+        ensure(run, "cifar10")
+        enc = clt.pretrain(recipe(name), overrides=_epochs(args, 20) + args.set, **run.opts())
+        probe = clt.probe(enc.id, **run.opts())
+        return [clt.evaluate(probe.id, knn=200, **run.opts()).id]
 
-    return run
+    return run_one
 
 
 EXPERIMENTS = {
@@ -121,19 +132,12 @@ EXPERIMENTS = {
 }
 
 
-def write(name: str, store: Store, ids: list[str], seconds: float, args) -> None:
-    rows = stages.summarize(store, ids)
+def write(name: str, run: Run, ids: list[str], seconds: float, args) -> None:
+    rows = clt.compare(ids, store=run.store)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    header = ["name", "objective", "protocol", "labels", "seeds", "accuracy %", "kNN %", "pair %", "wall s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join([
-            str(r["name"]), str(r["objective"]), r["protocol"], str(r["labels"]), str(r["n"]),
-            stages.format_mean_std(r.get("accuracy")), stages.format_mean_std(r.get("knn_accuracy")),
-            stages.format_mean_std(r.get("pair_accuracy")), f"{r['wall_time_s']:.0f}"]) + " |")
     command = "python bench/published.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, device {args.device}"
-    text = "\n".join(lines) + f"\n\nCommand: `{command}` — total {seconds:.0f} s on {machine}.\n"
+    text = compare_markdown(rows) + f"\n\nCommand: `{command}` — total {seconds:.0f} s on {machine}.\n"
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "command": command, "seconds": seconds,
                                                       "ids": ids}, indent=1, default=str))
@@ -157,12 +161,12 @@ def main() -> None:
     global RESULTS, SHARED
     RESULTS = Path(args.results) if args.results else RESULTS
     SHARED = Path(args.shared) if args.shared else SHARED
-    ctx = stages.Context(Store(args.artifacts), device=args.device, report=Log())
+    run = Run(args.artifacts, args.device)
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     for name in names:
         started = time.time()
-        ids = EXPERIMENTS[name](ctx, args)
-        write(name, ctx.store, ids, time.time() - started, args)
+        ids = EXPERIMENTS[name](run, args)
+        write(name, run, ids, time.time() - started, args)
 
 
 if __name__ == "__main__":

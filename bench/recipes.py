@@ -21,14 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+from published import Run, ensure
+
+import clt
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import yaml  # noqa: E402
-
-from bench.published import Log, ensure  # noqa: E402
-from clt import stages  # noqa: E402
-from clt.store import Store  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BIG_ENCODERS = ("resnet18", "resnet50")
@@ -72,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", default="recipes")
     args = parser.parse_args()
 
-    ctx = stages.Context(Store(args.artifacts), device=args.device, report=Log())
+    run = Run(args.artifacts, args.device)
     paths = [ROOT / "recipes" / f"{n}.yaml" for n in args.recipes] or sorted((ROOT / "recipes").glob("*.yaml"))
     rows = []
     for path in paths:
@@ -81,16 +79,16 @@ def main() -> None:
             continue  # a baseline-only recipe (cifar10_plain_cnn): run by bench/published.py
         dataset = raw.get("data", {}).get("dataset", "digits")
         if dataset in ("mnist", "cifar10"):
-            ensure(ctx, dataset)
+            ensure(run, dataset)
         pretrain_set, probe_set = budget(raw, args)
         print(f"== {path.stem}: {' '.join(pretrain_set + probe_set)}", file=sys.stderr, flush=True)
         started = time.time()
-        encoder = stages.pretrain(ctx, str(path), pretrain_set).artifact
-        probe = stages.probe(ctx, encoder.id, probe_set).artifact
+        encoder = clt.pretrain(path, overrides=pretrain_set, **run.opts())
+        probe = clt.probe(encoder.id, overrides=probe_set, **run.opts())
         # pair accuracy needs the train split's embeddings: 50,000 ResNet-18/50 forwards are
         # a quarter of an hour on a 2-core CPU, so the GPU recipes skip it there
         big = raw["model"]["encoder"] in BIG_ENCODERS and encoder.manifest.get("device", "").startswith("cpu")
-        evaluation = stages.evaluate(ctx, probe.id, pairs=not big).artifact
+        evaluation = clt.evaluate(probe.id, pairs=not big, **run.opts())
         metrics = evaluation.manifest["metrics"]
         rows.append({
             "recipe": path.stem, "dataset": dataset, "encoder": raw["model"]["encoder"],

@@ -29,15 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from clt.data.augment import BatchAugment, resolve_spec
+from clt.data.sources import fetch
+from clt.models.heads import build_encoder, mlp
+from clt.objectives.ntxent import nt_xent
+from clt.objectives.pair import PairParams, pair_loss
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from clt.data.augment import BatchAugment, resolve_spec  # noqa: E402
-from clt.data.sources import fetch  # noqa: E402
-from clt.models.heads import build_encoder, mlp  # noqa: E402
-from clt.objectives.ntxent import nt_xent  # noqa: E402
-from clt.objectives.pair import PairParams, pair_loss  # noqa: E402
-
 SHARED = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "bench" / "results"
 
@@ -274,30 +272,27 @@ def bench_pair_target(args) -> dict:
     """
     import tempfile
 
-    from clt import stages
-    from clt.store import Store
+    import clt
 
     arrays = fetch("mnist", source=SHARED / "mnist", cache_dir=Path("/tmp"))
     reference_10 = 10 * run_reference_pair(arrays, args.steps, 64)["epoch_s"]
     runs = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as root:
-            ctx = stages.Context(store=Store(Path(root)))
-            stages.download(ctx, "mnist", str(SHARED / "mnist"))
+            clt.download("mnist", SHARED / "mnist", store=root)
             started = time.perf_counter()
-            encoder = stages.pretrain(ctx, str(ROOT / "recipes" / f"{args.recipe}.yaml"),
-                                      ([f"pretrain.epochs={args.epochs}"] if args.epochs else []) + args.set,
-                                      seed=seed)
+            encoder = clt.pretrain(ROOT / "recipes" / f"{args.recipe}.yaml", seed=seed, store=root,
+                                   overrides=([f"pretrain.epochs={args.epochs}"] if args.epochs else []) + args.set)
             pretrained = time.perf_counter()
-            probe = stages.probe(ctx, encoder.artifact.id)
-            metrics = stages.evaluate(ctx, probe.artifact.id).artifact.metrics
+            probe = clt.probe(encoder.id, store=root)
+            metrics = clt.evaluate(probe.id, store=root).metrics
             wall = time.perf_counter() - started
         runs.append({"seed": seed, "pretrain_s": pretrained - started, "wall_s": wall,
                      "wall_ratio": wall / reference_10, "probe_accuracy": metrics["accuracy"],
                      "pair_accuracy_random_partner": metrics["pair_accuracy_random_partner"],
                      "pair_accuracy_balanced": metrics["pair_accuracy"],
-                     "targets_met": (metrics["accuracy"] >= 0.9932
-                                     and metrics["pair_accuracy_random_partner"] >= 0.9958)})
+                     # the published 99.58 % pair accuracy was measured on balanced pairs (issue 19)
+                     "targets_met": metrics["accuracy"] >= 0.9932 and metrics["pair_accuracy"] >= 0.9958})
         print(json.dumps(runs[-1]), flush=True)
     return {"reference_10_epochs_s": reference_10, "recipe": args.recipe, "overrides": args.set, "runs": runs,
             "mean_wall_ratio": float(np.mean([r["wall_ratio"] for r in runs])),

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import sys
 
-INTERRUPTED = ("interrupted: finished artifacts are intact and nothing half-written was kept; "
-               "run the same command again to continue")
+from clt.errors import INTERRUPTED
 
 
 def main() -> None:

@@ -36,6 +36,11 @@ class TrainingError(CltError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
 
 
+# what a Ctrl-C prints, at any moment (the console script prints it even while the CLI loads)
+INTERRUPTED = ("interrupted: finished artifacts are intact and nothing half-written was kept; "
+               "run the same command again to continue")
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """A ' did you mean X?' suffix, or a list of valid choices when nothing is close."""
     import difflib

@@ -102,46 +102,59 @@ def knn_predict(
     if metric == "cosine":
         train = torch.nn.functional.normalize(train.float(), dim=1)
         queries = torch.nn.functional.normalize(queries.float(), dim=1)
+        train_sq = None
     else:
         train, queries = train.float(), queries.float()
         train_sq = (train * train).sum(1)
     out = []
     for qs in range(0, len(queries), query_chunk):
         q = queries[qs:qs + query_chunk]
-        best_sim = torch.full((len(q), 0), float("-inf"), device=q.device)
-        best_idx = torch.zeros((len(q), 0), dtype=torch.long, device=q.device)
-        for ts in range(0, len(train), train_chunk):
-            block = train[ts:ts + train_chunk]
-            sim = q @ block.T
-            if metric == "euclidean":
-                # -‖q−t‖² up to a per-query constant (‖q‖²), which does not change the ranking
-                sim = 2 * sim - train_sq[ts:ts + train_chunk][None, :]
-            # top-k of this block alone, then merge with the running top-k: only 2k candidates
-            # per query are ever concatenated, never a block-sized index matrix
-            block_sim, block_pos = sim.topk(min(k, sim.shape[1]), dim=1)
-            merged_sim = torch.cat([best_sim, block_sim], 1)
-            merged_idx = torch.cat([best_idx, block_pos + ts], 1)
-            best_sim, pos = merged_sim.topk(min(k, merged_sim.shape[1]), dim=1)
-            best_idx = merged_idx.gather(1, pos)
-        neighbours = train_labels[best_idx]
-        if vote == "majority":
-            weights = torch.ones_like(best_sim)
-        else:
-            sims = best_sim if metric == "cosine" else -(q * q).sum(1, keepdim=True) + best_sim
-            if metric == "euclidean":
-                sims = -torch.sqrt((-sims).clamp_min(0))
-            weights = torch.exp((sims - sims.max(1, keepdim=True).values) / temperature)
-        scores = torch.zeros(len(q), n_classes, device=q.device)
-        scores.scatter_add_(1, neighbours, weights)
-        if vote == "majority":
-            # ties go to the tied class whose nearest member is nearest: rank of each class's
-            # first neighbour, as a tie-break below one vote
-            ranks = torch.arange(neighbours.shape[1], device=q.device).expand_as(neighbours)
-            first = torch.full((len(q), n_classes), neighbours.shape[1], device=q.device, dtype=torch.long)
-            first.scatter_reduce_(1, neighbours, ranks, reduce="amin")
-            scores = scores * (neighbours.shape[1] + 1) - first
-        out.append(scores.argmax(1))
+        best_sim, best_idx = _nearest(q, train, train_sq, k, train_chunk)
+        out.append(_vote(q, best_sim, train_labels[best_idx], n_classes, metric, vote, temperature))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _nearest(q: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor | None, k: int,
+             train_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices) of each query's k most similar train rows, scanning the train set in
+    chunks with a running top-k; with `train_sq` (euclidean) the similarity is -‖q−t‖² + ‖q‖²."""
+    best_sim = torch.full((len(q), 0), float("-inf"), device=q.device)
+    best_idx = torch.zeros((len(q), 0), dtype=torch.long, device=q.device)
+    for ts in range(0, len(train), train_chunk):
+        sim = q @ train[ts:ts + train_chunk].T
+        if train_sq is not None:
+            # -‖q−t‖² up to a per-query constant (‖q‖²), which does not change the ranking
+            sim = 2 * sim - train_sq[ts:ts + train_chunk][None, :]
+        # top-k of this block alone, then merge with the running top-k: only 2k candidates
+        # per query are ever concatenated, never a block-sized index matrix
+        block_sim, block_pos = sim.topk(min(k, sim.shape[1]), dim=1)
+        merged_sim = torch.cat([best_sim, block_sim], 1)
+        merged_idx = torch.cat([best_idx, block_pos + ts], 1)
+        best_sim, pos = merged_sim.topk(min(k, merged_sim.shape[1]), dim=1)
+        best_idx = merged_idx.gather(1, pos)
+    return best_sim, best_idx
+
+
+def _vote(q: torch.Tensor, best_sim: torch.Tensor, neighbours: torch.Tensor, n_classes: int, metric: str,
+          vote: str, temperature: float) -> torch.Tensor:
+    """Each query's class from its neighbours' labels: majority (ties to the nearest) or distance-weighted."""
+    if vote == "majority":
+        weights = torch.ones_like(best_sim)
+    else:
+        sims = best_sim if metric == "cosine" else -(q * q).sum(1, keepdim=True) + best_sim
+        if metric == "euclidean":
+            sims = -torch.sqrt((-sims).clamp_min(0))
+        weights = torch.exp((sims - sims.max(1, keepdim=True).values) / temperature)
+    scores = torch.zeros(len(q), n_classes, device=q.device)
+    scores.scatter_add_(1, neighbours, weights)
+    if vote == "majority":
+        # ties go to the tied class whose nearest member is nearest: rank of each class's
+        # first neighbour, as a tie-break below one vote
+        ranks = torch.arange(neighbours.shape[1], device=q.device).expand_as(neighbours)
+        first = torch.full((len(q), n_classes), neighbours.shape[1], device=q.device, dtype=torch.long)
+        first.scatter_reduce_(1, neighbours, ranks, reduce="amin")
+        scores = scores * (neighbours.shape[1] + 1) - first
+    return scores.argmax(1)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -36,9 +36,7 @@ def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, ti
                         color="white" if share[r, c] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, 120)
 
 
 def scatter(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
@@ -56,9 +54,7 @@ def scatter(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], path
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, 120)
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: str = "loss") -> None:
@@ -70,9 +66,7 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: 
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, 100)
 
 
 def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (), title: str = "") -> None:
@@ -94,9 +88,7 @@ def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (
             axes[r][0].set_title(row_titles[r], fontsize=7, loc="left")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, 100)
 
 
 def accuracy_curve(rows: list[dict[str, Any]], path: Path, title: str = "", key: str = "knn_accuracy") -> None:
@@ -112,6 +104,11 @@ def accuracy_curve(rows: list[dict[str, Any]], path: Path, title: str = "", key:
     ax.set_ylabel("test accuracy %")
     ax.grid(alpha=0.3)
     ax.set_title(title)
+    _save(plt, fig, path, 100)
+
+
+def _save(plt, fig, path: Path, dpi: int) -> None:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open figure alive)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -9,21 +9,17 @@ checked against the entry's parameter dataclass, so an unknown key is caught the
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from clt.errors import RecipeError, did_you_mean
+from clt.typed import OMIT_IF_DEFAULT, from_dict, params_of, to_plain  # noqa: F401  (recipe readers use them)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-# Field metadata for options added after artifacts were first stored: such a field is left out of
-# the recipe's canonical form (and so of every address) while it holds its default, so adding an
-# option does not change the address of every recipe written before it.
-OMIT_IF_DEFAULT = {"omit_if_default": True}
 
 
 @dataclass
@@ -378,118 +374,3 @@ def _check_progressive_resize(cfg: PretrainConfig, where: str) -> None:
         raise RecipeError(f"{where}: {key} covers {low} epochs but pretrain.epochs is {cfg.epochs}: the "
                           "last epochs must be at full size (the encoder is evaluated at full size)",
                           f"raise pretrain.epochs above {low} or shorten the low-resolution stages")
-
-
-# ---------------------------------------------------------------- generic typed parsing
-
-
-def from_dict(cls: type, data: Any, where: str, path: str) -> Any:
-    """Build dataclass `cls` from a mapping, naming the file and dotted key of any problem."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: '{path or 'recipe'}' must be a mapping, got {type(data).__name__}",
-                          f"write '{path}:' followed by indented keys")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise RecipeError(f"{where}: unknown key '{dotted}'", did_you_mean(str(key), list(fields)))
-        kwargs[key] = _coerce(hints[key], value, where, dotted)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where, dotted)
-            except RecipeError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise RecipeError(f"{where}: {dotted} = {value!r} is not allowed",
-                              did_you_mean(str(value), [str(a) for a in args]))
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where, dotted)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(where, dotted, value, "a list")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise _type_error(where, dotted, value, f"a list of {len(args)} values")
-            return tuple(_coerce(a, v, where, f"{dotted}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item = args[0] if args else Any
-        out = [_coerce(item, v, where, f"{dotted}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _type_error(where, dotted, value, "a mapping")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _type_error(where, dotted, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _type_error(where, dotted, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML reads 1e-3 (no dot) as a string: accept a numeric string here
-            number = None
-            if isinstance(value, str):
-                try:
-                    number = float(value)
-                except ValueError:
-                    pass
-            if number is None:
-                raise _type_error(where, dotted, value, "a number")
-            value = number
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _type_error(where, dotted, value, "a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise _type_error(where, dotted, value, "a string")
-        return value
-    raise RecipeError(f"{where}: {dotted}: unsupported type {tp}")  # a bug in a params dataclass
-
-
-def _type_error(where: str, dotted: str, value: Any, expected: str) -> RecipeError:
-    return RecipeError(f"{where}: {dotted} = {value!r} has the wrong type: expected {expected}",
-                       f"write {dotted} as {expected}")
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses → dicts, tuples → lists: the canonical JSON form of a recipe."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == _default_of(f))}
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def params_of(cls: type, plain: dict[str, Any]) -> Any:
-    """Rebuild a registry parameter dataclass from its stored plain form."""
-    return from_dict(cls, plain, "stored recipe", "")

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from clt import __version__
 from clt.errors import StoreError, did_you_mean
+from clt.version import __version__
 
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"

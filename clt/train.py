@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -19,8 +19,11 @@ from torch import nn
 from clt.data.memory import ImageData
 from clt.devices import autocast
 from clt.errors import TrainingError
-from clt.recipe import PretrainConfig
+from clt.optim import make_optimizer, make_scheduler
 from clt.registry import ObjectiveEntry
+
+if TYPE_CHECKING:  # the loop reads a parsed section; it never parses recipes itself
+    from clt.recipe import PretrainConfig
 
 COLLAPSE_STD = 0.1  # fraction of the std that uniformly spread unit vectors have (1/sqrt(D))
 
@@ -45,37 +48,6 @@ class TrainResult:
     images_seen: int = 0
     seconds: float = 0.0
     resumed_from: int | None = None
-
-
-def make_optimizer(cfg: PretrainConfig | Any, params, lr: float | None = None) -> torch.optim.Optimizer:
-    lr = cfg.lr if lr is None else lr
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer in ("sgd", "lars"):
-        # LARS's layer-wise scaling matters at batch sizes in the thousands; SGD+momentum stands in
-        return torch.optim.SGD(params, lr=lr, momentum=getattr(cfg, "momentum", 0.9),
-                               weight_decay=cfg.weight_decay, nesterov=False)
-    raise ValueError(cfg.optimizer)
-
-
-def make_scheduler(cfg: PretrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step schedule: none, step (StepLR in epochs), cosine; optional linear warm-up."""
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    warmup = cfg.warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg.scheduler == "step":
-            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-        if cfg.scheduler == "cosine":
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -110,15 +82,33 @@ def pretrain(
     distributed: Any = None,
 ) -> TrainResult:
     """Train `model` (encoder plus optional projection) in place with `objective`."""
+    _check_fits(objective, data, cfg)
+    steps = len(data.train) // cfg.batch_size
+    optimizer = make_optimizer(cfg, model.parameters())
+    loop = _Loop(model, distributed.wrap(model) if distributed else model, objective, params, data, cfg, device,
+                 precision, seed, augment, distributed, optimizer, make_scheduler(cfg, optimizer, steps),
+                 torch.amp.GradScaler(device.type) if precision == "fp16" else None, steps, on_step, checkpointer)
+    start_epoch, start_step, resumed_losses = _resume(loop)
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_step if epoch == start_epoch else 0
+        # an epoch cut by a kill keeps the losses of its steps before the checkpoint
+        record = _epoch(loop, epoch, first, resumed_losses if epoch == start_epoch else [])
+        loop.result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if checkpointer:
+            checkpointer.save(loop.state(epoch + 1, 0, []))
+    loop.result.seconds = time.perf_counter() - loop.started
+    return loop.result
+
+
+def _check_fits(objective: ObjectiveEntry, data: ImageData, cfg: PretrainConfig) -> None:
+    """Refuse, before any work, an objective that needs labels the data lacks, or sizes that do not fit."""
     train = data.train
     if objective.uses_labels and not data.labeled:
         raise TrainingError(f"objective '{objective.name}' needs class labels, but dataset '{data.name}' is unlabeled",
                             "use objective simclr for an unlabeled image folder")
-    world = distributed.world_size if distributed else 1
-    rank = distributed.rank if distributed else 0
-    per_rank = cfg.batch_size // world
-    steps_per_epoch = len(train) // cfg.batch_size
-    if steps_per_epoch == 0:
+    if len(train) // cfg.batch_size == 0:
         raise TrainingError(f"pretrain.batch_size = {cfg.batch_size} is larger than the {len(train)} training images",
                             f"set --set pretrain.batch_size={max(2, len(train) // 4)}")
     height = data.in_shape[1]
@@ -128,87 +118,122 @@ def pretrain(
                                 f"images of dataset '{data.name}'",
                                 f"use sides from 8 to {height - 1}" if height > 8 else
                                 "these images are too small to downscale: remove pretrain.progressive_resize")
-    optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    result = TrainResult()
-    start_epoch, start_step = 0, 0
-    resumed_losses: list[float] = []
-    state = checkpointer.load() if checkpointer else None
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        result.history = state["history"]
-        result.images_seen = int(state.get("images_seen", 0))
-        resumed_losses = [float(v) for v in state.get("epoch_losses", [])]
-        result.resumed_from = start_epoch * steps_per_epoch + start_step
-    started = time.perf_counter() - (state["seconds"] if state else 0.0)
-    forward = distributed.wrap(model) if distributed else model
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = epoch_order(len(train), seed, epoch, device)
-        # an epoch cut by a kill keeps the losses of its steps before the checkpoint
-        losses: list[torch.Tensor] = [torch.tensor(v) for v in resumed_losses] if epoch == start_epoch else []
-        spread_sample: torch.Tensor | None = None
-        first = start_step if epoch == start_epoch else 0
-        side = epoch_side(cfg, epoch, height)
-        for step in range(first, steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batch = batch[rank * per_rank:(rank + 1) * per_rank]  # this rank's disjoint shard
-            generator = step_generator(seed, global_step * world + rank)
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout, per step
-            x, y = _views(data, train.images[batch], train.labels[batch], objective.views, augment, generator)
-            if side != height:
-                x = downscale(x, side)
-            with autocast(device, precision):
-                z = forward(x)
-            if distributed:
-                z, y = distributed.gather(z.float(), objective.views), distributed.gather_labels(y, objective.views)
-            loss = objective.loss(z.float(), y, params)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"(global step {global_step + 1}); the last good checkpoint is kept",
-                    f"lower pretrain.lr (now {cfg.lr:g}) or use --precision fp32 (now {precision})")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            losses.append(loss.detach())
-            spread_sample = z.detach()  # the epoch's last batch: the state the epoch ended in
-            result.images_seen += len(x) * world
-            if on_step:
-                on_step(StepReport(epoch, cfg.epochs, step + 1, steps_per_epoch, float(loss.detach())))
-            every = cfg.checkpoint_every
-            if checkpointer and every and (global_step + 1) % every == 0 and step + 1 < steps_per_epoch:
-                checkpointer.save(_state(model, optimizer, scheduler, epoch, step + 1, result.history,
-                                         time.perf_counter() - started, losses, result.images_seen))
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(torch.stack(losses).mean()) if losses else float("nan"),
-            "lr": optimizer.param_groups[0]["lr"],
-            "embedding_spread": embedding_spread(spread_sample) if spread_sample is not None else float("nan"),
-            "image_height": side,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        record["collapse_warning"] = record["embedding_spread"] < COLLAPSE_STD
-        result.history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if checkpointer:
-            checkpointer.save(_state(model, optimizer, scheduler, epoch + 1, 0, result.history,
-                                     time.perf_counter() - started, [], result.images_seen))
-    result.seconds = time.perf_counter() - started
-    return result
+
+@dataclass
+class _Loop:
+    """Everything one training run's steps share."""
+
+    model: nn.Module
+    forward: nn.Module
+    objective: ObjectiveEntry
+    params: Any
+    data: ImageData
+    cfg: Any
+    device: torch.device
+    precision: str
+    seed: int
+    augment: Callable | None
+    distributed: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    steps: int
+    on_step: Callable[[StepReport], None] | None
+    checkpointer: Checkpointer | None
+    result: TrainResult = field(default_factory=TrainResult)
+    started: float = 0.0
+
+    @property
+    def world(self) -> int:
+        return self.distributed.world_size if self.distributed else 1
+
+    @property
+    def rank(self) -> int:
+        return self.distributed.rank if self.distributed else 0
+
+    def state(self, epoch: int, step: int, losses: list) -> dict[str, Any]:
+        return _state(self.model, self.optimizer, self.scheduler, epoch, step, self.result.history,
+                      time.perf_counter() - self.started, losses, self.result.images_seen)
+
+
+def _resume(loop: _Loop) -> tuple[int, int, list[float]]:
+    """(epoch, step, losses so far in that epoch) to start from: a checkpoint's, or the beginning."""
+    state = loop.checkpointer.load() if loop.checkpointer else None
+    loop.started = time.perf_counter() - (state["seconds"] if state else 0.0)
+    if not state:
+        return 0, 0, []
+    loop.model.load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    loop.result.history = state["history"]
+    loop.result.images_seen = int(state.get("images_seen", 0))
+    loop.result.resumed_from = state["epoch"] * loop.steps + state["step"]
+    return state["epoch"], state["step"], [float(v) for v in state.get("epoch_losses", [])]
+
+
+def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> dict[str, Any]:
+    """Steps `first`.. of one epoch; its record (mean loss, spread of the last batch, lr, height, time)."""
+    loop.model.train()
+    order = epoch_order(len(loop.data.train), loop.seed, epoch, loop.device)
+    losses: list[torch.Tensor] = [torch.tensor(v) for v in resumed_losses]
+    spread_sample: torch.Tensor | None = None
+    side = epoch_side(loop.cfg, epoch, loop.data.in_shape[1])
+    for step in range(first, loop.steps):
+        loss, spread_sample = _step(loop, order, epoch, step, side)
+        losses.append(loss)  # spread_sample: the epoch's last batch, the state the epoch ended in
+        if loop.on_step:
+            loop.on_step(StepReport(epoch, loop.cfg.epochs, step + 1, loop.steps, float(loss)))
+        every = loop.cfg.checkpoint_every
+        global_step = epoch * loop.steps + step
+        if loop.checkpointer and every and (global_step + 1) % every == 0 and step + 1 < loop.steps:
+            loop.checkpointer.save(loop.state(epoch, step + 1, losses))
+    record = {
+        "epoch": epoch + 1,
+        "loss": float(torch.stack(losses).mean()) if losses else float("nan"),
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "embedding_spread": embedding_spread(spread_sample) if spread_sample is not None else float("nan"),
+        "image_height": side,
+        "seconds": round(time.perf_counter() - loop.started, 3),
+    }
+    record["collapse_warning"] = record["embedding_spread"] < COLLAPSE_STD
+    return record
+
+
+def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on this rank's shard of batch `step`: (loss, embeddings), both detached."""
+    cfg, train, world, rank = loop.cfg, loop.data.train, loop.world, loop.rank
+    per_rank = cfg.batch_size // world
+    global_step = epoch * loop.steps + step
+    batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+    batch = batch[rank * per_rank:(rank + 1) * per_rank]  # this rank's disjoint shard
+    generator = step_generator(loop.seed, global_step * world + rank)
+    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout, per step
+    x, y = _views(loop.data, train.images[batch], train.labels[batch], loop.objective.views, loop.augment, generator)
+    if side != loop.data.in_shape[1]:
+        x = downscale(x, side)
+    with autocast(loop.device, loop.precision):
+        z = loop.forward(x)
+    if loop.distributed:
+        z, y = loop.distributed.gather(z.float(), loop.objective.views), \
+            loop.distributed.gather_labels(y, loop.objective.views)
+    loss = loop.objective.loss(z.float(), y, loop.params)
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            f"(global step {global_step + 1}); the last good checkpoint is kept",
+            f"lower pretrain.lr (now {cfg.lr:g}) or use --precision fp32 (now {loop.precision})")
+    loop.optimizer.zero_grad(set_to_none=True)
+    if loop.scaler:
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+    else:
+        loss.backward()
+        loop.optimizer.step()
+    loop.scheduler.step()
+    loop.result.images_seen += len(x) * world
+    return loss.detach(), z.detach()
 
 
 def epoch_side(cfg: PretrainConfig, epoch: int, full: int) -> int:

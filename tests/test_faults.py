@@ -801,17 +801,17 @@ KNOWN_CRASHES = {
     "huge seed": ("data: {dataset: digits}\nseed: 100000000000000000000000\n", "no range check on seed; "
                   "devices.seed_everything -> torch.manual_seed overflows"),
     "huge projection": ("data: {dataset: digits}\nmodel: {encoder: pair_cnn, projection: [100000000000]}\n",
-                        "stages._pretrain_build builds the projection mlp outside build_encoder's guard"),
+                        "stages.pretrain._model builds the projection mlp outside build_encoder's guard"),
     "nested too deep": ("data: {dataset: digits}\nx: " + "[" * 1000 + "]" * 1000 + "\n",
                         "recipe.parse_yaml catches only yaml.YAMLError, not RecursionError"),
-    "not utf-8": (b"name: x\n\xff\xfe: 1\n", "stages._recipe_raw reads the file with read_text() and lets "
+    "not utf-8": (b"name: x\n\xff\xfe: 1\n", "recipe.read_raw reads the file with read_text() and lets "
                   "UnicodeDecodeError escape"),
     "name with a NUL": ('name: "a\\0b"\ndata: {dataset: digits}\n', "store.set_ref opens refs/<name>/encoder "
                         "unchecked: ValueError embedded null byte, after the artifact was built"),
     "name too long": ("name: " + "n" * 300 + "\ndata: {dataset: digits}\n", "store.set_ref: OSError "
                       "ENAMETOOLONG for refs/<name>/encoder, after the artifact was built"),
     "negative momentum": ("data: {dataset: digits}\npretrain: {optimizer: sgd, momentum: -5}\n", "no range check "
-                          "on pretrain.momentum; torch.optim.SGD raises ValueError in train.make_optimizer"),
+                          "on pretrain.momentum; torch.optim.SGD raises ValueError in optim.make_optimizer"),
     "name of a ref file": ("name: latest\ndata: {dataset: digits}\n", "store._set_refs writes refs/latest, "
                            "then needs refs/latest/ as a folder for refs/<name>/encoder: FileExistsError"),
 }

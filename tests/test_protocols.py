@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from clt import metrics, stages
-from clt.probe import few_label_subset
+from clt.cli.render import format_mean_std
+from clt.probing import few_label_subset
 from clt.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +203,7 @@ def test_seeds_group_into_mean_and_std(ctx, encoder):
     values = [e.metrics["accuracy"] for e in evaluations]
     assert rows[0]["accuracy"]["mean"] == pytest.approx(np.mean(values))
     assert rows[0]["accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
-    assert "±" in stages.format_mean_std(rows[0]["accuracy"]) or len(set(values)) == 1
+    assert "±" in format_mean_std(rows[0]["accuracy"]) or len(set(values)) == 1
 
 
 def test_embed_projector_and_pca_picture(ctx, encoder):

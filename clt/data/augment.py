@@ -16,12 +16,12 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from clt.errors import RecipeError, did_you_mean
-from clt.recipe import AugmentConfig
 
 
 @dataclass
@@ -81,15 +81,21 @@ def check_preset(name: str, where: str = "pretrain.augment.preset") -> None:
         raise RecipeError(f"unknown {where} '{name}'", did_you_mean(name, [*PRESETS, "auto"]))
 
 
-def resolve_spec(cfg: AugmentConfig | None, dataset: str, channels: int) -> AugmentSpec:
-    """Pick the preset ("auto" by dataset / channel count), then apply every key of `cfg` that is set."""
-    cfg = cfg or AugmentConfig()
-    check_preset(cfg.preset)
-    name = cfg.preset
+def resolve_spec(cfg: Any, dataset: str, channels: int) -> AugmentSpec:
+    """Pick the preset ("auto" by dataset / channel count), then apply every key of `cfg` that is set.
+
+    `cfg` is a recipe's augment section (a dataclass with `preset` and optional overrides), a
+    preset name, or None for "auto". Example: resolve_spec("digits", "mnist", 1).rotate == 15.0
+    """
+    if cfg is None or isinstance(cfg, str):
+        name, overrides = cfg or "auto", {}
+    else:
+        name = cfg.preset
+        overrides = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                     if f.name != "preset" and getattr(cfg, f.name) is not None}
+    check_preset(name)
     if name == "auto":
         name = "digits" if dataset in DIGIT_DATASETS or channels == 1 else "simclr_cifar"
-    overrides = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                 if f.name != "preset" and getattr(cfg, f.name) is not None}
     if "crop_scale" in overrides:
         overrides["crop_scale"] = tuple(float(v) for v in overrides["crop_scale"])
     spec = dataclasses.replace(PRESETS[name], **overrides)

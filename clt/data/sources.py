@@ -535,20 +535,17 @@ def _decode_all(
             progress("decoding images", i, len(keys))
         try:
             with Image.open(io.BytesIO(_read(tree[key]))) as im:
-                # Decode grayscale as L and everything else as RGB; L is widened later if any is RGB.
-                im = im.convert("L" if im.mode in GRAYSCALE_MODES else "RGB")
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im)
+                # grayscale stays L and everything else becomes RGB; L is widened later if any is RGB
+                arr = image_array(im, size=size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             bad.append(key)
             continue
         if first is None:
-            first = (key, im.size)
-        elif im.size != first[1]:
+            first = (key, arr.shape[:2])
+        elif arr.shape[:2] != first[1]:
             raise DataError(
-                f"{where}: images differ in size: {first[0]} is {first[1][1]}x{first[1][0]}, "
-                f"{key} is {im.size[1]}x{im.size[0]} (HxW)",
+                f"{where}: images differ in size: {first[0]} is {first[1][0]}x{first[1][1]}, "
+                f"{key} is {arr.shape[0]}x{arr.shape[1]} (HxW)",
                 "pass --size HxW to resize every image to one size",
             )
         pixels.append(arr)
@@ -562,6 +559,26 @@ def _decode_all(
     if not pixels:
         raise DataError(f"{where}: no images found", f"{FROM_HINT}; images go in ROOT/<class>/ or ROOT/")
     return _stack(pixels), decoded
+
+
+def image_array(im, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One PIL image as clt stores images: uint8 (H, W) for L or (H, W, 3) for RGB, resized
+    bilinearly to `size` (H, W) when given. `channels` 1 or 3 forces L or RGB; None keeps
+    grayscale modes as L and turns every other mode into RGB. Shared by `clt download` and
+    `Encoder.embed`, so an image reaches an encoder exactly as its training images did.
+
+    Example: image_array(Image.new("RGB", (40, 30)), channels=1, size=(28, 28)).shape == (28, 28)
+    """
+    from PIL import Image
+
+    if channels is None:
+        mode = "L" if im.mode in GRAYSCALE_MODES else "RGB"
+    else:
+        mode = "L" if channels == 1 else "RGB"
+    im = im.convert(mode)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def _stack(pixels: list[np.ndarray]) -> np.ndarray:

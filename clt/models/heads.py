@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from clt.errors import CltError
-from clt.recipe import from_dict
 from clt.registry import ENCODERS
+from clt.typed import from_dict
 
 
 def mlp(in_dim: int, widths: list[int], batch_norm: bool = False) -> nn.Sequential:

@@ -1,7 +1,8 @@
-"""The `clt` command line: one thin function per command (parse, call a stage, print).
+"""The `clt` command line: one thin function per command (parse, call clt.api, print).
 
 stdout carries only what a script needs (the new artifact's id, or one JSON object with
---json); progress, logs and tables go to stderr. torch is imported only by the stages.
+--json); progress, logs and tables go to stderr. torch is imported only by the stages, and
+the library (clt.api) is loaded only once a command runs, so `clt --help` starts fast.
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
-from clt.entry import INTERRUPTED
-from clt.errors import CltError
+from clt.errors import INTERRUPTED, CltError
 
 app = typer.Typer(
     name="clt",
@@ -52,10 +51,14 @@ def _global(
 # ---------------------------------------------------------------------------- plumbing
 
 
-def _store():
-    from clt.store import Store, default_root
+def _api():
+    from clt import api
 
-    return Store(Path(STATE.artifacts) if STATE.artifacts else default_root())
+    return api
+
+
+def _store():
+    return _api().open_store(STATE.artifacts)
 
 
 def _console():
@@ -64,11 +67,18 @@ def _console():
     return Console(stderr=True, quiet=STATE.quiet)
 
 
-def _context(device: str = "auto", precision: Optional[str] = None):
-    from clt.reporting import RichReporter
-    from clt.stages import Context
+def _progress():
+    from clt.cli.progress import RichProgress
 
-    return Context(store=_store(), device=device, precision=precision, report=RichReporter(_console()))
+    return RichProgress(_console())
+
+
+def _opts(device: Optional[str] = None) -> dict[str, Any]:
+    """The keyword arguments every API call takes from the command line: store, progress (and device)."""
+    opts: dict[str, Any] = {"store": _store(), "progress": _progress()}
+    if device is not None:
+        opts["device"] = device
+    return opts
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -99,13 +109,13 @@ def _run(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
-def _emit(outcome, json_out: bool = False) -> None:
+def _emit(result, json_out: bool = False) -> None:
     if STATE.json or json_out:
-        print(json.dumps(outcome.as_json(), default=str))
+        print(json.dumps(result.as_json(), default=str))
     else:
-        print(outcome.artifact.id)
-    if outcome.cached and not STATE.quiet:
-        print(f"(cached: {outcome.artifact.kind} {outcome.artifact.short} already in the store)", file=sys.stderr)
+        print(result.id)
+    if result.cached and not STATE.quiet:
+        print(f"(cached: {result.kind} {result.short} already in the store)", file=sys.stderr)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -129,11 +139,10 @@ def _emit_many(outcomes: list, json_out: bool = False) -> None:
         _emit(outcomes[0], json_out)
         return
     if STATE.json or json_out:
-        print(json.dumps({"ids": [o.artifact.id for o in outcomes], "runs": [o.as_json() for o in outcomes]},
-                         default=str))
+        print(json.dumps({"ids": [o.id for o in outcomes], "runs": [o.as_json() for o in outcomes]}, default=str))
     else:
         for outcome in outcomes:
-            print(outcome.artifact.id)
+            print(outcome.id)
 
 
 def _parse_seeds(seeds: Optional[str], seed: Optional[int]) -> list[Optional[int]]:
@@ -150,6 +159,7 @@ def _parse_seeds(seeds: Optional[str], seed: Optional[int]) -> list[Optional[int
 
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object instead of the id.")
+SEED_OPT = typer.Option(None, "--seed", help="Override the recipe's seed.")
 SEEDS_OPT = typer.Option(None, "--seeds", help="Run once per seed, e.g. 0,1,2: one artifact (and id line) each.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 SET_OPT = typer.Option([], "--set", help="Override a recipe key, e.g. --set pretrain.epochs=2 (repeatable).")
@@ -172,11 +182,8 @@ def download(
 
     Example: clt download mnist --from ../shared/datasets/mnist
     """
-    from clt import stages
-
     def go():
-        parsed = _parse_size(size)
-        return stages.download(_context(), name, source, parsed, list(mirror) or None)
+        return _api().download(name, source, size=_parse_size(size), mirrors=list(mirror) or None, **_opts())
 
     _emit(_run(go), json_out)
 
@@ -215,18 +222,12 @@ def pretrain(
 
     Example: clt pretrain recipes/digits_pair.yaml --set pretrain.epochs=2
     """
-    from clt import stages
-
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from clt.distributed import launch
-
         argv = _without_option(sys.argv[1:], "--nproc")
-        _run(lambda: launch(nproc, argv))
+        _run(lambda: _api().launch_distributed(nproc, argv))
         return
-    overrides = list(set_)
-    if precision:
-        overrides.append(f"pretrain.precision={precision}")
-    _emit_many(_run(lambda: [stages.pretrain(_context(device), recipe, overrides, one, resume and not fresh)
+    _emit_many(_run(lambda: [_api().pretrain(recipe, overrides=list(set_), seed=one, resume=resume and not fresh,
+                                             precision=precision, **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 
@@ -241,7 +242,7 @@ def probe(
     finetune: bool = typer.Option(False, "--finetune", help="Unfreeze the encoder (smaller learning rate)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Probe on another stored dataset."),
     set_: list[str] = SET_OPT,
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = SEED_OPT,
     seeds: Optional[str] = SEEDS_OPT,
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
@@ -250,8 +251,6 @@ def probe(
 
     Example: clt probe --labels-per-class 10 --head mlp
     """
-    from clt import stages
-
     overrides = list(set_)
     for key, value in (("head", head), ("epochs", epochs), ("labels_per_class", labels_per_class),
                        ("labels", labels)):
@@ -259,7 +258,7 @@ def probe(
             overrides.append(f"probe.{key}={value}")
     if finetune:
         overrides.append("probe.finetune=true")
-    _emit_many(_run(lambda: [stages.probe(_context(device), encoder, overrides, one, dataset)
+    _emit_many(_run(lambda: [_api().probe(encoder, overrides=overrides, seed=one, dataset=dataset, **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 
@@ -280,30 +279,27 @@ def evaluate(
 
     Example: clt evaluate --confusion
     """
-    from clt import stages
+    from clt.cli import render
 
     def go():
-        for flag, value, allowed in (("--metric", knn_metric, ("cosine", "euclidean")),
-                                     ("--vote", knn_vote, ("majority", "distance"))):
-            if value is not None and value not in allowed:
-                raise CltError(f"{flag} {value} is not allowed", f"use one of: {', '.join(allowed)}")
-        if knn is not None and knn < 1:
-            raise CltError(f"--knn {knn} must be >= 1", "use e.g. --knn 10")
-        context = _context(device)
-        outcomes = [stages.evaluate(context, ref, confusion, knn, knn_metric, knn_vote) for ref in (refs or [None])]
-        if len(outcomes) > 1:
-            _print_compare(stages.summarize(context.store, [o.artifact.id for o in outcomes]), "table")
-        return outcomes
+        opts = _opts(device)
+        results = [_api().evaluate(ref, confusion=confusion, knn=knn, metric=knn_metric, vote=knn_vote, **opts)
+                   for ref in (refs or [None])]
+        console = _console()
+        for result in results:
+            for table in render.evaluation_tables(result.manifest, result.short):
+                console.print(table)
+        if len(results) > 1:
+            console.print(render.compare_table(_api().compare([r.id for r in results], store=opts["store"])))
+        return results
 
-    outcomes = _run(go)
-    if len(outcomes) > 1 and (STATE.json or json_out):
-        from clt import stages as st
-
-        rows = st.summarize(_store(), [o.artifact.id for o in outcomes])
-        print(json.dumps({"ids": [o.artifact.id for o in outcomes], "runs": [o.as_json() for o in outcomes],
+    results = _run(go)
+    if len(results) > 1 and (STATE.json or json_out):
+        rows = _run(lambda: _api().compare([r.id for r in results], store=_store()))
+        print(json.dumps({"ids": [r.id for r in results], "runs": [r.as_json() for r in results],
                           "summary": rows}, default=str))
     else:
-        _emit_many(outcomes, json_out)
+        _emit_many(results, json_out)
 
 
 @app.command()
@@ -319,9 +315,7 @@ def embed(
 
     Example: clt embed --split test
     """
-    from clt import stages
-
-    _emit(_run(lambda: stages.embed(_context(device), encoder, split, projector)), json_out)
+    _emit(_run(lambda: _api().embed(encoder, split=split, projector=projector, **_opts(device))), json_out)
 
 
 @app.command()
@@ -336,9 +330,8 @@ def tsne(
 
     Example: clt tsne --pca
     """
-    from clt import stages
-
-    _emit(_run(lambda: stages.tsne(_context(), embeddings, pca, perplexity, max_points)), json_out)
+    _emit(_run(lambda: _api().tsne(embeddings, pca=pca, perplexity=perplexity, max_points=max_points, **_opts())),
+          json_out)
 
 
 baseline_app = typer.Typer(help="Baselines in the same tool: supervised from scratch, logistic regression on "
@@ -356,7 +349,7 @@ def baseline_scratch(
                                 help="Augment every batch with a named preset (digits, cifar_crop, ...; an "
                                 "unknown name lists them all; auto picks by dataset)."),
     set_: list[str] = SET_OPT,
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = SEED_OPT,
     seeds: Optional[str] = SEEDS_OPT,
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
@@ -365,13 +358,12 @@ def baseline_scratch(
 
     Example: clt baseline scratch recipes/mnist_simclr.yaml --labels 100 --augment digits --seeds 0,1,2
     """
-    from clt import stages
-
     overrides = list(set_)
     for key, value in (("labels_per_class", labels_per_class), ("labels", labels), ("epochs", epochs)):
         if value is not None:
             overrides.append(f"probe.{key}={value}")
-    _emit_many(_run(lambda: [stages.baseline_scratch(_context(device), recipe, overrides, one, augment)
+    _emit_many(_run(lambda: [_api().baseline_scratch(recipe, overrides=overrides, seed=one, augment=augment,
+                                                     **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 
@@ -388,10 +380,8 @@ def baseline_logreg(
 
     Example: clt baseline logreg cifar10 && clt evaluate
     """
-    from clt import stages
-
     overrides = list(set_) + ([f"epochs={epochs}"] if epochs is not None else [])
-    _emit(_run(lambda: stages.baseline_logreg(_context(device), dataset, overrides, seed)), json_out)
+    _emit(_run(lambda: _api().baseline_logreg(dataset, overrides=overrides, seed=seed, **_opts(device))), json_out)
 
 
 @app.command()
@@ -404,36 +394,15 @@ def compare(
 
     Example: clt compare $(clt evaluate $(clt probe --seeds 0,1,2))
     """
-    from clt import stages
+    from clt.cli import render
 
-    rows = _run(lambda: stages.summarize(_store(), refs))
+    rows = _run(lambda: _api().compare(refs, store=_store()))
     if STATE.json or json_out:
         print(json.dumps(rows, default=str))
+    elif markdown:
+        print(render.compare_markdown(rows))
     else:
-        _print_compare(rows, "markdown" if markdown else "table")
-
-
-def _print_compare(rows: list[dict[str, Any]], style: str) -> None:
-    from clt.stages import format_mean_std
-
-    header = ["name", "objective", "protocol", "labels", "seeds", "accuracy %", "kNN %", "pair %", "wall s"]
-    lines = [[str(r["name"]), str(r["objective"]), r["protocol"], str(r["labels"]), str(r["n"]),
-              format_mean_std(r.get("accuracy")), format_mean_std(r.get("knn_accuracy")),
-              format_mean_std(r.get("pair_accuracy")), f"{r['wall_time_s']:.0f}"] for r in rows]
-    if style == "markdown":
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
-        return
-    from rich.table import Table
-
-    table = Table(title="comparison")
-    for column in header:
-        table.add_column(column, justify="right" if column.endswith(("%", "s")) else "left")
-    for line in lines:
-        table.add_row(*line)
-    _console().print(table)
+        _console().print(render.compare_table(rows))
 
 
 @app.command()
@@ -448,9 +417,8 @@ def views(
 
     Example: clt views recipes/mnist_simclr.yaml
     """
-    from clt import stages
-
-    _emit(_run(lambda: stages.views(_context(), recipe, list(set_), count, n_views)), json_out)
+    _emit(_run(lambda: _api().views(recipe, overrides=list(set_), count=count, n_views=n_views, **_opts())),
+          json_out)
 
 
 # ---------------------------------------------------------------------------- store
@@ -465,22 +433,17 @@ def ls_(
 
     Example: clt ls --kind encoder
     """
-    from clt.stages import iter_rows
-
     def go():
-        rows = [r for r in iter_rows(_store()) if kind is None or r["kind"] == kind]
+        store = _store()
+        rows = _api().list_artifacts(kind, store=store)
         if STATE.json or json_out:
             print(json.dumps(rows))
             return
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title=f"artifacts in {_store().root}")
-        for column in ("id", "kind", "name", "created", "metrics", "files"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(row["short"], row["kind"], row["name"], row["created"], row["metrics"], row["files"])
-        Console(width=max(140, _terminal_width())).print(table)
+        from clt.cli import render
+
+        Console(width=max(140, _terminal_width())).print(render.artifacts_table(rows, str(store.root)))
 
     _run(go)
 
@@ -499,8 +462,7 @@ def show(ref: str = typer.Argument(..., help="Artifact id, prefix, ref or path."
     Example: clt show latest
     """
     def go():
-        artifact = _store().resolve(ref)
-        print(json.dumps(artifact.manifest, indent=2, default=str))
+        print(json.dumps(_api().show(ref, store=_store()), indent=2, default=str))
 
     _run(go)
 
@@ -512,15 +474,13 @@ def verify(ref: Optional[str] = typer.Argument(None, help="One artifact (default
     Example: clt verify
     """
     def go():
-        store = _store()
-        ids = [store.resolve(ref).id] if ref else store.ids()
+        found = _api().verify(ref, store=_store())
         bad = 0
-        for artifact_id in sorted(ids):
-            problems = store.verify(artifact_id)
+        for artifact_id, problems in found.items():
             for problem in problems:
                 print(f"{artifact_id[:12]}: {problem}", file=sys.stderr)
             bad += bool(problems)
-        print(f"{len(ids) - bad} ok, {bad} damaged", file=sys.stderr)
+        print(f"{len(found) - bad} ok, {bad} damaged", file=sys.stderr)
         if bad:
             print("  fix: `clt gc --damaged` removes them; run the stages that made them again", file=sys.stderr)
             raise typer.Exit(1)
@@ -535,7 +495,7 @@ def gc(damaged: bool = typer.Option(False, "--damaged", help="Also delete artifa
     Example: clt gc
     """
     def go():
-        removed = _store().gc(damaged)
+        removed = _api().gc(damaged, store=_store())
         for path in removed:
             print(f"removed {path}", file=sys.stderr)
         print(f"{len(removed)} removed", file=sys.stderr)
@@ -543,60 +503,13 @@ def gc(damaged: bool = typer.Option(False, "--damaged", help="Also delete artifa
     _run(go)
 
 
-class _TorchImportHoldsCtrlC:
-    """A meta-path finder for the one import of the `torch` package.
-
-    Ctrl-C while torch imports lands in its C++ start-up code, which aborts the process
-    ("terminate called after throwing an instance of 'pybind11::error_already_set'") or
-    swallows the interrupt. A Ctrl-C during that import is noted and acted on the moment it
-    ends, as an ordinary KeyboardInterrupt: one "interrupted" line, exit 130.
-    """
-
-    def find_spec(self, name: str, path=None, target=None):
-        if name != "torch":
-            return None
-        import importlib.util
-
-        sys.meta_path.remove(self)  # torch is imported once; find it the ordinary way
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _SigintHeldLoader(spec.loader)
-        return spec
-
-
-class _SigintHeldLoader:
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        import signal
-
-        # a handler that only takes note (blocking the signal is not enough: another thread,
-        # e.g. a BLAS worker started by numpy, would take it and the interrupt would still land
-        # inside torch's import)
-        caught: list[int] = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-        try:
-            self.loader.exec_module(module)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler: KeyboardInterrupt, now
-        elif caught and previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    def __getattr__(self, name: str):
-        return getattr(self.loader, name)
-
-
 def main() -> None:
     import threading
 
+    from clt.cli.torch_import import TorchImportHoldsCtrlC
+
     if "torch" not in sys.modules and threading.current_thread() is threading.main_thread():
-        sys.meta_path.insert(0, _TorchImportHoldsCtrlC())
+        sys.meta_path.insert(0, TorchImportHoldsCtrlC())
     app()
 
 

@@ -1,41 +1,20 @@
-"""Heads on frozen features (or a fine-tuned encoder), and the one feature extractor all
-evaluations share: features are computed once per split and reused."""
+"""Heads on frozen features (or a fine-tuned encoder), and the balanced few-label subsets they train on."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
-from clt.data.memory import ImageData, Split
+from clt.data.memory import ImageData
 from clt.devices import autocast
 from clt.models.heads import mlp
-from clt.recipe import ProbeConfig
-from clt.train import make_optimizer
+from clt.optim import make_optimizer
 
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, data: ImageData, split: Split, device: torch.device,
-                     precision: str = "fp32", batch_size: int = 1024,
-                     on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """(N, D) float32 features of a split's images, encoder in eval mode."""
-    encoder.eval()
-    out = []
-    for start in range(0, len(split), batch_size):
-        x = data.normalize(split.images[start:start + batch_size].to(device))
-        if x.dim() == 4:
-            # convolutions run ~1.25× faster on NHWC here (ResNet-20 on the 2-core CPU); the
-            # values are the same, only the memory layout differs
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            out.append(encoder(x).float())
-        if on_batch:
-            on_batch(min(start + batch_size, len(split)), len(split))
-    if not out:
-        return torch.zeros(0, getattr(encoder, "out_dim", 0), device=device)
-    return torch.cat(out)
+if TYPE_CHECKING:  # heads read a parsed probe section; they never parse recipes themselves
+    from clt.recipe import ProbeConfig
 
 
 def few_label_subset(labels: torch.Tensor, seed: int, per_class: int | None = None,
@@ -101,7 +80,6 @@ def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.
     """Encoder and head trained together; the encoder at lr × finetune_lr_scale. With an
     `augment` preset every batch is a fresh batched augmentation of its images."""
     from clt.data.augment import BatchAugment, resolve_spec
-    from clt.recipe import AugmentConfig
 
     params = [{"params": head.parameters(), "lr": cfg.lr},
               {"params": encoder.parameters(), "lr": cfg.lr * cfg.finetune_lr_scale}]
@@ -109,7 +87,7 @@ def finetune(encoder: nn.Module, head: nn.Module, data: ImageData, index: torch.
     images, labels = data.train.images[index].to(device), data.train.labels[index].to(device)
     model = nn.Sequential(encoder, head)
     views = None if augment == "none" else BatchAugment(
-        resolve_spec(AugmentConfig(preset=augment), data.name, data.in_shape[0]))
+        resolve_spec(augment, data.name, data.in_shape[0]))
     generator = torch.Generator().manual_seed(seed + 1)  # the views' own stream, apart from the order's
 
     def logits_of(idx: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""The dataset stage: fetch or import a dataset once, store it as uint8 arrays; find stored ones."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from clt.errors import DataError, did_you_mean
+from clt.stages.context import Context, Outcome
+from clt.store import Artifact
+
+KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+
+def download(ctx: Context, name: str, source: str | None = None, size: tuple[int, int] | None = None,
+             mirrors: list[str] | None = None) -> Outcome:
+    """Fetch or import a dataset and store it once as uint8 arrays.
+
+    Example: download(ctx, "mnist", "../shared/datasets/mnist").artifact.manifest["dataset"]["train"] == 60000
+    """
+    from clt.data.sources import fetch
+
+    if source is not None and not Path(source).exists():
+        raise DataError(f"--from '{source}' does not exist", "give the path of a local copy of the dataset")
+    with ctx.report.progress(f"fetching {name}", None) as task:
+        arrays = fetch(name, source=Path(source) if source else None, cache_dir=ctx.store.downloads,
+                       mirrors=mirrors, size=size,
+                       progress=lambda desc, done, total: task.update(done, total, description=desc))
+    spec = {"stage": "dataset", "name": name, "content": _content_digest(arrays), "classes": arrays.classes}
+    artifact, cached = ctx.store.produce(spec, "dataset", lambda tmp: _write_dataset(tmp, name, arrays),
+                                         refs=(f"dataset/{name}",), name=name)
+    info = artifact.manifest["dataset"]
+    ctx.report.info(f"dataset {name}: {info['train']} train + {info['test']} test images of shape "
+                    f"{tuple(info['shape'])}, {len(info['classes'])} classes")
+    return Outcome(artifact, cached, {"train": info["train"], "test": info["test"]})
+
+
+def _content_digest(arrays) -> str:
+    digest = hashlib.sha256()
+    for array in (arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels):
+        digest.update(str(array.shape).encode())
+        digest.update(memoryview(array.tobytes()))
+    return digest.hexdigest()
+
+
+def _write_dataset(tmp: Path, name: str, arrays) -> dict[str, Any]:
+    from clt.data.memory import channel_stats, save_arrays
+
+    mean, std = channel_stats(arrays.train_images)
+    save_arrays(tmp / "data.safetensors", {
+        "train_images": arrays.train_images, "train_labels": arrays.train_labels,
+        "test_images": arrays.test_images, "test_labels": arrays.test_labels})
+    info = {"name": name, "classes": arrays.classes, "shape": list(arrays.train_images.shape[1:]),
+            "train": int(len(arrays.train_images)), "test": int(len(arrays.test_images)),
+            "mean": mean, "std": std, "source": arrays.source}
+    return {"dataset": info, "metrics": {"train": info["train"], "test": info["test"]}}
+
+
+def dataset_artifact(ctx: Context, name: str) -> Artifact:
+    """The stored dataset `name`; digits (shipped with scikit-learn) is imported on first use."""
+    found = ctx.store.read_ref(f"dataset/{name}")
+    if found and ctx.store.exists(found):
+        return ctx.store.get(found)
+    if name == "digits":
+        return download(ctx, "digits").artifact
+    if name in KNOWN_DATASETS:
+        raise DataError(f"dataset '{name}' is not downloaded yet (store: {ctx.store.root})",
+                        f"run `clt download {name}`, or `clt download {name} --from PATH` for a local copy")
+    stored = [ref.split("/", 1)[1] for ref in ctx.store.refs() if ref.startswith("dataset/")]
+    raise DataError(f"unknown dataset '{name}'",
+                    did_you_mean(name, sorted(set(KNOWN_DATASETS) | set(stored)))
+                    + "; import your own with `clt download NAME --from FOLDER`")
+
+
+def load_dataset(artifact: Artifact):
+    """A dataset artifact's images and labels as uint8/int64 tensors (an ImageData)."""
+    from clt.data.memory import load_image_data
+
+    return load_image_data(artifact.file("data.safetensors"), artifact.manifest["dataset"])

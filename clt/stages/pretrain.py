@@ -1,0 +1,260 @@
+"""The pretrain stage: recipe -> encoder artifact (weights, history, loss curve, snapshots)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clt.errors import CltError, RecipeError
+from clt.stages.context import Context, Outcome, Reporter, produce
+from clt.stages.dataset import dataset_artifact, load_dataset
+from clt.stages.weights import save_module, save_module_atomic
+from clt.store import Artifact, address
+
+
+def read_recipe_raw(path: str, overrides: list[str], seed: int | None) -> dict[str, Any]:
+    """A recipe file's mapping with overrides and seed applied (validated later)."""
+    from clt.recipe import read_raw
+
+    return read_raw(path, overrides, seed)
+
+
+def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None,
+             resume: bool = True) -> Outcome | None:
+    """Train an encoder with the recipe's objective; returns the encoder artifact (None on ranks > 0).
+
+    Example: pretrain(ctx, "recipes/digits_pair.yaml", ["pretrain.epochs=1"]).artifact.kind == "encoder"
+    """
+    raw = read_recipe_raw(recipe_path, list(overrides), seed)
+    hit = _memo_hit(ctx, raw)
+    if hit:
+        return hit
+    from clt.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(raw, recipe_path)
+    from clt.distributed import from_environment
+
+    group = from_environment(ctx.device, recipe.pretrain.sync_batchnorm)
+    if group and not group.is_main:
+        ctx.report = Reporter()  # only rank 0 logs and draws progress
+    data_art = dataset_artifact(ctx, recipe.data.dataset)
+    spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
+            "seed": recipe.seed}
+    if group and (recipe.pretrain.batch_size % group.world_size):
+        raise RecipeError(f"pretrain.batch_size = {recipe.pretrain.batch_size} does not split over "
+                          f"{group.world_size} processes", "make the global batch size a multiple of --nproc")
+    if group and not group.is_main:
+        _train_beside_rank0(ctx, recipe, data_art, address(spec), resume, group)
+        return None
+    outcome = produce(ctx, spec, "encoder",
+                      lambda tmp, art_id: _build(ctx, recipe, data_art, tmp, art_id, resume, group), name=recipe.name)
+    if group:
+        group.barrier()
+    ctx.store.set_ref(f"memo/{_memo_key(raw, data_art.id)}", outcome.artifact.id)
+    return outcome
+
+
+def _memo_key(raw: dict[str, Any], dataset_id: str) -> str:
+    return address({"memo": "pretrain", "raw": raw, "dataset": dataset_id})
+
+
+def _memo_hit(ctx: Context, raw: dict[str, Any]) -> Outcome | None:
+    """The same recipe text, overrides and dataset as a finished run: answered from a memo ref
+    without importing torch, so an unchanged re-run prints its id at once."""
+    data = raw.get("data")
+    dataset_name = (data or {}).get("dataset", "digits") if isinstance(data, dict) else None
+    found = ctx.store.read_ref(f"dataset/{dataset_name}") if isinstance(dataset_name, str) else None
+    # every rank of a multi-process run must join the process group, so no early answers there
+    if not found or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    hit = ctx.store.read_ref(f"memo/{_memo_key(raw, found)}")
+    if not (hit and ctx.store.exists(hit)):
+        return None
+    artifact = ctx.store.get(hit)
+    ctx.store._set_refs(artifact, ())
+    return Outcome(artifact, True, artifact.metrics)
+
+
+def _train_beside_rank0(ctx: Context, recipe, data_art: Artifact, artifact_id: str, resume: bool, group) -> None:
+    """Ranks other than 0 train alongside rank 0 but write nothing; all agree on the artifact id."""
+    if not ctx.store.exists(artifact_id):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            _build(ctx, recipe, data_art, Path(scratch), artifact_id, resume, group)
+    group.barrier()
+
+
+@dataclass
+class _Setup:
+    device: Any
+    precision: str
+    data: Any
+    objective: Any
+    params: Any
+    encoder: Any
+    model: Any
+
+
+def _setup(ctx: Context, recipe, data_art: Artifact, group) -> _Setup:
+    """Device, data on it, objective and model, as the recipe says."""
+    from clt.devices import pick_device, resolve_precision, seed_everything
+    from clt.recipe import params_of
+    from clt.registry import OBJECTIVES
+
+    device = group.device if group else pick_device(ctx.device)
+    precision = resolve_precision(ctx.precision or recipe.pretrain.precision, device)
+    seed_everything(recipe.seed)
+    data = load_dataset(data_art)
+    limit = recipe.data.train_limit
+    if limit and limit < len(data.train):
+        from clt.probing import few_label_subset
+
+        data.train = data.train.subset(few_label_subset(data.train.labels, recipe.seed, total=limit))
+    data = data.to(device)
+    objective = OBJECTIVES[recipe.objective.name]
+    params = params_of(objective.params, recipe.objective.params)
+    encoder, model = _model(recipe, data.in_shape, group)
+    return _Setup(device, precision, data, objective, params, encoder, model.to(device))
+
+
+def _model(recipe, in_shape, group):
+    """(encoder, trained model): the encoder, with the projection head after it if the recipe has one."""
+    import torch
+
+    from clt.models.heads import build_encoder, mlp
+
+    encoder = build_encoder(recipe.model.encoder, recipe.model.params, in_shape)
+    if group and group.sync_bn:
+        # converted in place of the encoder we save: SyncBatchNorm keeps BatchNorm's state-dict keys
+        out_dim = encoder.out_dim
+        encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+        encoder.out_dim = out_dim
+    if not recipe.model.projection:
+        return encoder, encoder
+    try:
+        return encoder, torch.nn.Sequential(encoder, mlp(encoder.out_dim, recipe.model.projection))
+    except (RuntimeError, MemoryError) as err:
+        raise CltError(f"model.projection {recipe.model.projection} cannot be built: {err}",
+                       "use smaller projection widths, e.g. [128, 64]") from None
+
+
+def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str, resume: bool,
+           group=None) -> dict[str, Any]:
+    from clt.checkpoint import FileCheckpointer
+    from clt.devices import describe
+
+    run = _setup(ctx, recipe, data_art, group)
+    main = group is None or group.is_main
+    work = ctx.store.work_dir(artifact_id)
+    checkpointer = FileCheckpointer(work, {"id": artifact_id}, writable=main)
+    if not resume and main:
+        checkpointer.clear()
+    if group:
+        group.barrier()  # every rank sees the same checkpoint (or none) before it starts
+    steps = len(run.data.train) // recipe.pretrain.batch_size
+    ranks = f" × {group.world_size} processes" if group else ""
+    ctx.report.info(f"pretrain {recipe.name}: {recipe.model.encoder} + {recipe.objective.name} on "
+                    f"{run.data.name} ({len(run.data.train)} images), {recipe.pretrain.epochs} epochs × {steps} "
+                    f"steps, {describe(run.device)}{ranks}, {run.precision}")
+    result = _train(ctx, recipe, run, steps, checkpointer, work if main else None, group)
+    if result.resumed_from:
+        ctx.report.info(f"resumed from step {result.resumed_from}")
+    _write_encoder(tmp, recipe, run.encoder, result.history, work if main else None)
+    if group:
+        group.barrier()  # nobody may still be reading the checkpoint when rank 0 removes it
+    if main:
+        checkpointer.clear()
+    return _manifest(recipe, run, result, describe(run.device) + ranks)
+
+
+def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot_dir: Path | None, group):
+    """The training loop with the stage's progress bar, epoch log, snapshots and collapse warnings."""
+    import torch
+
+    from clt.train import pretrain as run_pretrain
+
+    if recipe.pretrain.channels_last:
+        run.model = run.model.to(memory_format=torch.channels_last)
+    forward_model = torch.compile(run.model) if recipe.pretrain.compile else run.model
+    with ctx.report.progress("pretrain", recipe.pretrain.epochs * steps) as task:
+        def on_step(r):
+            task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
+                        loss=r.loss)
+
+        return run_pretrain(forward_model, run.objective, run.params, run.data, recipe.pretrain, device=run.device,
+                            precision=run.precision, seed=recipe.seed,
+                            augment=augmenter(recipe, run.data, run.objective.views), on_step=on_step,
+                            on_epoch=lambda record: _on_epoch(ctx, recipe, run.encoder, record, snapshot_dir),
+                            checkpointer=checkpointer, distributed=group)
+
+
+def _on_epoch(ctx: Context, recipe, encoder, record: dict[str, Any], snapshot_dir: Path | None) -> None:
+    at = f" at {record['image_height']}px" if recipe.pretrain.progressive_resize else ""
+    ctx.report.info(f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
+                    f"embedding spread {record['embedding_spread']:.3f}")
+    every = recipe.pretrain.snapshot_every
+    if snapshot_dir is not None and every and record["epoch"] % every == 0:
+        # kept beside the checkpoint, so a killed and resumed run keeps its earlier snapshots
+        save_module_atomic(encoder, snapshot_dir / f"snapshot-epoch{record['epoch']:04d}.safetensors")
+    if record["collapse_warning"]:
+        ctx.report.warn(f"epoch {record['epoch']}: the embeddings are collapsing (spread "
+                        f"{record['embedding_spread']:.3f}, ~1 is healthy): lower the learning rate, raise "
+                        "the temperature or strengthen augmentation")
+
+
+def _write_encoder(tmp: Path, recipe, encoder, history: list[dict[str, Any]], snapshot_dir: Path | None) -> None:
+    from clt import plots
+
+    save_module(encoder, tmp / "encoder.safetensors")
+    (tmp / "history.json").write_text(json.dumps(history, indent=1))
+    if history:
+        plots.loss_curve(history, tmp / "loss_curve.png", f"{recipe.name}: pretrain loss")
+    found = sorted(snapshot_dir.glob("snapshot-*.safetensors")) if snapshot_dir is not None else []
+    if found:
+        (tmp / "snapshots").mkdir()
+        for path in found:
+            shutil.copyfile(path, tmp / "snapshots" / path.name)
+
+
+def _manifest(recipe, run: _Setup, result, device: str) -> dict[str, Any]:
+    last = result.history[-1] if result.history else {}
+    return {
+        "device": device,
+        "precision": run.precision,
+        "encoder": {"name": recipe.model.encoder, "params": recipe.model.params,
+                    "in_shape": list(run.data.in_shape), "out_dim": run.encoder.out_dim},
+        "metrics": {"final_loss": last.get("loss"), "epochs": recipe.pretrain.epochs,
+                    "embedding_spread": last.get("embedding_spread"),
+                    "train_seconds": round(result.seconds, 2), "train_images": len(run.data.train),
+                    "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1)},
+        "objective": recipe.objective.name,
+    }
+
+
+def augmenter(recipe, data, views: int):
+    """Batch augmentation for objectives with views, or when the recipe asks for one."""
+    if views == 1 and recipe.pretrain.augment is None:
+        return None
+    from clt.data.augment import BatchAugment, resolve_spec
+
+    return BatchAugment(resolve_spec(recipe.pretrain.augment, data.name, data.in_shape[0]))
+
+
+def snapshots(artifact: Artifact) -> list[tuple[int, float | None, str]]:
+    """An encoder's snapshots as (epoch, training seconds up to it, file name inside the artifact)."""
+    seconds = {}
+    if "history.json" in artifact.manifest.get("files", {}):
+        seconds = {h["epoch"]: h.get("seconds") for h in json.loads(artifact.file("history.json").read_text())}
+    found = []
+    for name in artifact.manifest.get("files", {}):
+        # (an optional "-NNNs" suffix: the first builds named snapshots with their time)
+        match = re.fullmatch(r"snapshots/snapshot-epoch(\d+)(?:-\d+s)?\.safetensors", name)
+        if match:
+            found.append((int(match[1]), seconds.get(int(match[1])), name))
+    return sorted(found)
