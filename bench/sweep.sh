@@ -6,7 +6,8 @@
 #   bash bench/sweep.sh recipes/cifar10_triplet.yaml bench/cifar10_triplet_trials.txt 7 cuda
 #
 # TRIALS_FILE: one run per line, "label --set key=value ...", '#' lines skipped.
-# Prints "label pretrain_s total_s probe_accuracy knn_accuracy". Runs share the machine, so
+# Prints "label pretrain_s total_s probe_accuracy knn_accuracy pair_accuracy pair_accuracy_random_partner"
+# (the last two for objectives with pair verification, else None). Runs share the machine, so
 # their seconds compare runs of one sweep, not machines. Artifacts go to $CLT_ARTIFACTS
 # (default ./artifacts); a run already in the store is reused.
 set -euo pipefail
@@ -29,7 +30,8 @@ one() {
   echo "$result" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print(sys.argv[1], sys.argv[2], sys.argv[3], r["accuracy"], r.get("knn_accuracy"))
+print(sys.argv[1], sys.argv[2], sys.argv[3], r["accuracy"], r.get("knn_accuracy"), r.get("pair_accuracy"),
+      r.get("pair_accuracy_random_partner"))
 ' "$label" $((trained - start)) $(($(date +%s) - start))
 }
 export -f one

@@ -241,3 +241,30 @@ def test_unlabeled_folder_pretrains_with_simclr(ctx, tmp_path):
     assert encoder.artifact.kind == "encoder"
     with pytest.raises(Exception, match="labels"):
         stages.probe(ctx, encoder.artifact.id)
+
+
+def test_the_headline_pair_accuracy_is_on_balanced_test_pairs(ctx, encoder):
+    """pair_accuracy is the published protocol (half the test pairs share a class, threshold chosen on
+    training pairs drawn the same way); the random-partner figure is a second, separately named metric."""
+    from clt.recipe import load_recipe
+
+    evaluation = stages.evaluate(ctx, encoder).artifact
+    pairs = evaluation.manifest["protocol"]["pairs"]
+    results = evaluation.manifest["results"]
+    assert pairs["test_pairs"] == results["pairs"] == load_recipe(DIGITS).evaluate.pairs
+    assert pairs["same_share"] == pytest.approx(0.5, abs=1e-3)
+    assert pairs["threshold"]["chosen_on"].endswith("train pairs")
+    (tn, fp), (fn, tp) = results["pair_confusion"]
+    assert tn + fp == fn + tp == pairs["test_pairs"] // 2  # the confusion is of the balanced pairs
+    assert results["pair_accuracy"] == pytest.approx((tn + tp) / pairs["test_pairs"])
+    assert pairs["random_partner"]["same_share"] < 0.2  # ~1/classes: the easier task, reported apart
+    assert list(evaluation.manifest["metrics"]) == ["pair_accuracy", "pair_accuracy_random_partner"]
+    assert load_recipe(ROOT / "recipes" / "mnist_pair.yaml").evaluate.pairs == 10048  # the published count
+
+
+def test_the_command_line_shows_the_balanced_pair_accuracy_first():
+    from clt.cli.render import EVALUATION_ROWS
+
+    keys = list(EVALUATION_ROWS)
+    assert keys.index("pair_accuracy") < keys.index("pair_accuracy_random_partner")
+    assert "balanced" in EVALUATION_ROWS["pair_accuracy"]
