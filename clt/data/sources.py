@@ -156,7 +156,7 @@ def _download(name: str, folder: Path, mirrors: list[str] | None, progress: Prog
     if SOURCES[name].kind == "cifar":
         data = import_local(name, folder / files[0][0], size=None, progress=progress)
     else:
-        data = _import_idx(name, _dir_tree(folder), folder)
+        data = _import_idx(name, dir_tree(folder), folder)
     data.source = f"downloaded from {origin}" if origin else f"cached download in {folder}"
     return data
 
@@ -198,9 +198,9 @@ Tree = dict[str, bytes | Path]
 def import_local(name: str, path: Path, *, size: tuple[int, int] | None, progress: Progress) -> DatasetArrays:
     """Import an IDX folder, a CIFAR-10 python tarball/folder, or an image folder/tarball."""
     if path.is_dir():
-        tree = _dir_tree(path)
+        tree = dir_tree(path)
     elif path.is_file():
-        tree = _tar_tree(path)
+        tree = tar_tree(path)
     else:
         raise DataError(f"dataset path not found: {path}", "check the path given to --from")
     tree = _strip_single_top(tree)
@@ -216,7 +216,8 @@ def _read(value: bytes | Path) -> bytes:
     return value if isinstance(value, bytes) else value.read_bytes()
 
 
-def _dir_tree(root: Path) -> Tree:
+def dir_tree(root: Path) -> Tree:
+    """Every visible file below `root`, by its relative POSIX name (read lazily: the values are paths)."""
     tree: Tree = {}
     for dirpath, dirnames, filenames in os.walk(root):
         # Hidden entries (.DS_Store, .git, half downloads) are OS or tool debris, not data.
@@ -228,7 +229,7 @@ def _dir_tree(root: Path) -> Tree:
     return tree
 
 
-def _tar_tree(path: Path) -> Tree:
+def tar_tree(path: Path) -> Tree:
     """Read the regular members of a tarball into memory, skipping anything that could escape a folder."""
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -524,8 +525,6 @@ def _decode_all(
     tree: Tree, keys: list[str], where: Path, size: tuple[int, int] | None, progress: Progress
 ) -> tuple[np.ndarray, list[str]]:
     """Decode images to (N, C, H, W) uint8; skip what PIL cannot read; enforce one size unless `size`."""
-    from PIL import Image
-
     pixels: list[np.ndarray] = []
     decoded: list[str] = []
     bad: list[str] = []
@@ -533,11 +532,9 @@ def _decode_all(
     for i, key in enumerate(keys):
         if i % PROGRESS_EVERY == 0:
             progress("decoding images", i, len(keys))
-        try:
-            with Image.open(io.BytesIO(_read(tree[key]))) as im:
-                # grayscale stays L and everything else becomes RGB; L is widened later if any is RGB
-                arr = image_array(im, size=size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        # grayscale stays L and everything else becomes RGB; L is widened later if any is RGB
+        arr = decode_image(_read(tree[key]), size=size)
+        if arr is None:
             bad.append(key)
             continue
         if first is None:
@@ -561,6 +558,17 @@ def _decode_all(
     return _stack(pixels), decoded
 
 
+def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """An encoded image file's pixels as image_array gives them, or None when PIL cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return image_array(im, channels, size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def image_array(im, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """One PIL image as clt stores images: uint8 (H, W) for L or (H, W, 3) for RGB, resized
     bilinearly to `size` (H, W) when given. `channels` 1 or 3 forces L or RGB; None keeps
@@ -569,8 +577,9 @@ def image_array(im, channels: int | None = None, size: tuple[int, int] | None = 
 
     Example: image_array(Image.new("RGB", (40, 30)), channels=1, size=(28, 28)).shape == (28, 28)
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    im = ImageOps.exif_transpose(im)  # a phone photo's pixels are stored sideways; EXIF says how to turn them
     if channels is None:
         mode = "L" if im.mode in GRAYSCALE_MODES else "RGB"
     else:
