@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clt import stages
-from clt.errors import CltError, DataError, StoreError
+from clt.errors import CltError, StoreError
 from clt.stages import Context, ProgressEvent, Reporter
 from clt.stages.context import ProgressCallback
+from clt.stages.inference import Classifier, Encoder, classifier_for, encoder_for
 from clt.store import Artifact, Store, default_root
 
 StoreLike = Store | str | Path | None
 
 __all__ = ["Classifier", "CltError", "Encoder", "ProgressEvent", "Result", "baseline_logreg", "baseline_scratch",
-           "compare", "download", "embed", "evaluate", "gc", "launch_distributed", "list_artifacts",
-           "load_classifier", "load_dataset", "load_encoder", "open_store", "pretrain", "probe", "show", "tsne",
-           "verify", "views"]
+           "compare", "download", "embed", "evaluate", "export", "gc", "index", "launch_distributed", "list_artifacts",
+           "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
+           "probe", "search", "show", "tsne", "verify", "views"]
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,78 @@ def evaluate(ref: str | None = None, *, confusion: bool = False, knn: int | None
     return _result(stages.evaluate(ctx, ref, confusion, knn, metric, vote, pairs))
 
 
-def embed(encoder: str | None = None, *, split: str = "test", projector: bool = False, device: str = "auto",
-          store: StoreLike = None, progress: ProgressCallback | None = None) -> Result:
-    """Store an encoder's embeddings of a dataset split as embeddings.npy and labels.npy.
+def embed(encoder: str | None = None, *, split: str = "test", projector: bool = False,
+          images: Sequence[str | Path] | None = None, out: str | Path | None = None, device: str = "auto",
+          store: StoreLike = None, progress: ProgressCallback | None = None) -> Result | Path:
+    """Store an encoder's embeddings of a dataset split as embeddings.npy and labels.npy; with
+    `images` (files, folders, globs, .tar.gz) embed those instead (embeddings.npy + paths.txt), or
+    with `out` write them to a plain .npy or .csv file and return its path.
 
-    Example: np.load(clt.embed(encoder_id).file("embeddings.npy")).shape
+    Example: np.load(clt.embed(encoder_id, images=["photos/"]).file("embeddings.npy")).shape
     """
-    return _result(stages.embed(_context(store, device, progress=progress), encoder, split, projector))
+    ctx = _context(store, device, progress=progress)
+    if images is None:
+        if out is not None:
+            raise CltError("--out is for --images", "write a split's embeddings with clt embed, then np.load them")
+        return _result(stages.embed(ctx, encoder, split, projector))
+    encoder_art = ctx.store.resolve_named(encoder, ("encoder",), hint="train one first: clt pretrain RECIPE")
+    made = stages.embed_images(ctx, encoder_art, [str(i) for i in images], str(out) if out is not None else None)
+    return made if isinstance(made, Path) else _result(made)
+
+
+def predict(ref: str | None, images: Sequence[str | Path], *, top: int = 1, knn: int | None = None,
+            device: str = "auto", store: StoreLike = None, progress: ProgressCallback | None = None
+            ) -> list[dict[str, Any]]:
+    """Classes of new images: a probe's top classes with probabilities, or (knn=K) the vote of an
+    encoder's K nearest training embeddings.
+
+    Example: clt.predict("latest-probe", ["digit.png"], top=3)[0]["top"][0]["class"]
+    """
+    if top < 1 or (knn is not None and knn < 1):
+        raise CltError("--top and --knn must be >= 1", "use e.g. --top 3 or --knn 10")
+    return stages.predict(_context(store, device, progress=progress), ref, [str(i) for i in images], top, knn)
+
+
+def index(ref: str | None = None, *, split: str = "train", kind: str = "exact", metric: str = "cosine",
+          device: str = "auto", store: StoreLike = None, progress: ProgressCallback | None = None) -> Result:
+    """A search index artifact over an encoder's embeddings of a split, or over an embeddings artifact:
+    exact, or FAISS's approximate hnsw / ivf.
+
+    Example: clt.index("latest-encoder", kind="hnsw").metrics["count"]
+    """
+    return _result(stages.build_index(_context(store, device, progress=progress), ref, split, kind, metric))
+
+
+def search(index_ref: str | None, images: Sequence[str | Path], *, k: int = 10, grid: str | Path | None = None,
+           device: str = "auto", store: StoreLike = None, progress: ProgressCallback | None = None
+           ) -> list[dict[str, Any]]:
+    """The k nearest stored images of each query image (row, label, class, path, distance); with
+    `grid` a PNG of every query beside its neighbours.
+
+    Example: clt.search(index_id, ["query.png"], k=5, grid="neighbours.png")[0]["neighbours"]
+    """
+    ctx = _context(store, device, progress=progress)
+    return stages.search(ctx, index_ref, [str(i) for i in images], k, str(grid) if grid is not None else None)
+
+
+def load_index(ref: str | None = None, store: StoreLike = None) -> stages.SearchIndex:
+    """A stored index for your own queries: `.search(embeddings, k, encoder_id=...)` -> (distances, rows).
+
+    Example: clt.load_index("latest-index").search(encoder.embed(images), 10, encoder_id=encoder.id)
+    """
+    opened, artifact = _artifact(ref, ("index",), store, "build one first: clt index ENCODER")
+    return stages.SearchIndex(artifact)
+
+
+def export(encoder: str | None = None, *, format: str = "onnx", out: str | Path | None = None,
+           store: StoreLike = None, progress: ProgressCallback | None = None) -> Result:
+    """The encoder as one ONNX or TorchScript file taking uint8 (N, C, H, W), normalisation folded in,
+    with a JSON sidecar (input shape, channels, classes, artifact id, clt version); `out` copies both.
+
+    Example: clt.export("latest-encoder", format="onnx", out="encoder.onnx")
+    """
+    ctx = _context(store, progress=progress)
+    return _result(stages.export(ctx, encoder, format, str(out) if out is not None else None))
 
 
 def tsne(embeddings: str | None = None, *, pca: bool = False, perplexity: float = 30.0, max_points: int = 5000,
@@ -241,81 +307,6 @@ def _artifact(ref: str | None, kinds: tuple[str, ...], store: StoreLike, hint: s
     return opened, opened.resolve_named(ref, kinds, hint=hint)
 
 
-def _dataset_of(store: Store, artifact: Artifact) -> Artifact:
-    dataset_id = artifact.inputs.get("dataset")
-    if not dataset_id or not store.exists(dataset_id):
-        name = (artifact.recipe or {}).get("data", {}).get("dataset", "its dataset")
-        raise DataError(f"{artifact.short}: the dataset it was trained on ({str(dataset_id)[:12]}) is not in the "
-                        f"store, and its normalisation is stored there", f"run `clt download {name}` again")
-    return store.get(dataset_id)
-
-
-class Encoder:
-    """A trained encoder with everything needed to embed new images: weights, input shape, normalisation.
-
-    Example: clt.load_encoder("latest-encoder").embed(np.zeros((2, 8, 8), np.uint8)).shape == (2, 128)
-    """
-
-    def __init__(self, artifact: Artifact, module: Any, dataset: Artifact, device: Any):
-        info = dataset.manifest["dataset"]
-        self.id, self.name, self.device = artifact.id, artifact.name, device
-        self.in_shape: tuple[int, int, int] = tuple(artifact.manifest["encoder"]["in_shape"])
-        self.channels = self.in_shape[0]
-        self.mean, self.std = list(info["mean"]), list(info["std"])
-        self.classes: list[str] = list(info["classes"])
-        self.module = module
-        self.out_dim = int(module.out_dim)
-
-    def __repr__(self) -> str:
-        return f"Encoder({self.id[:12]} {self.name!r}, input {self.in_shape}, {self.out_dim}-d)"
-
-    def embed(self, images: Any, batch_size: int = 1024) -> Any:
-        """(N, D) float32 embeddings of uint8 or [0, 1] float images (N, C, H, W) or (N, H, W), numpy
-        or torch, or of a list of PIL images or image file paths (converted and resized as
-        `clt download` converts imported images)."""
-        from clt.features import extract_features
-
-        split, data = self._as_split(images)
-        return extract_features(self.module, data, split, self.device, batch_size=batch_size).cpu().numpy()
-
-    def _as_split(self, images: Any):
-        import torch
-
-        from clt.data.memory import ImageData, Split
-
-        pixels = as_image_batch(images, self.in_shape).to(self.device)
-        split = Split(pixels, torch.full((len(pixels),), -1, dtype=torch.long, device=self.device))
-        data = ImageData(self.name, self.classes, split, split, torch.tensor(self.mean, device=self.device),
-                         torch.tensor(self.std, device=self.device))
-        return split, data
-
-
-class Classifier:
-    """An encoder with a trained probe head: class predictions for new images.
-
-    Example: names = [c.classes[i] for i in c.predict(images)] where c = clt.load_classifier("latest-probe")
-    """
-
-    def __init__(self, encoder: Encoder, head: Any, probe_id: str):
-        self.encoder, self.head, self.id = encoder, head, probe_id
-        self.classes = encoder.classes
-
-    def __repr__(self) -> str:
-        return f"Classifier({self.id[:12]}, {len(self.classes)} classes, on {self.encoder!r})"
-
-    def predict_proba(self, images: Any, batch_size: int = 1024) -> Any:
-        """(N, classes) softmax probabilities."""
-        import torch
-
-        features = torch.from_numpy(self.encoder.embed(images, batch_size)).to(self.encoder.device)
-        with torch.no_grad():
-            return torch.softmax(self.head(features).float(), dim=1).cpu().numpy()
-
-    def predict(self, images: Any, batch_size: int = 1024) -> Any:
-        """(N,) class indices; `classes[i]` names them."""
-        return self.predict_proba(images, batch_size).argmax(axis=1)
-
-
 def load_encoder(ref: str | None = None, store: StoreLike = None, device: str = "auto",
                  weights: str = "encoder.safetensors") -> Encoder:
     """A stored encoder (id, prefix, ref such as latest-encoder, or recipe name) ready to embed images.
@@ -325,9 +316,7 @@ def load_encoder(ref: str | None = None, store: StoreLike = None, device: str = 
     from clt.devices import pick_device
 
     opened, artifact = _artifact(ref, ("encoder",), store, "train one first: clt pretrain RECIPE.yaml")
-    torch_device = pick_device(device)
-    module = stages.load_encoder(artifact, torch_device, weights)
-    return Encoder(artifact, module, _dataset_of(opened, artifact), torch_device)
+    return encoder_for(opened, artifact, pick_device(device), weights)
 
 
 def load_classifier(probe_ref: str | None = None, store: StoreLike = None, device: str = "auto") -> Classifier:
@@ -338,11 +327,7 @@ def load_classifier(probe_ref: str | None = None, store: StoreLike = None, devic
     from clt.devices import pick_device
 
     opened, artifact = _artifact(probe_ref, ("probe",), store, "train one first: clt probe")
-    torch_device = pick_device(device)
-    module, head = stages.load_probe(opened, artifact, torch_device)
-    weights_from = stages.encoder_of(opened, artifact)
-    encoder = Encoder(weights_from, module, _dataset_of(opened, artifact), torch_device)
-    return Classifier(encoder, head, artifact.id)
+    return classifier_for(opened, artifact, pick_device(device))
 
 
 def load_dataset(ref_or_name: str, store: StoreLike = None) -> Any:
@@ -360,57 +345,3 @@ def load_dataset(ref_or_name: str, store: StoreLike = None) -> Any:
         return stages.load_dataset(opened.resolve(ref_or_name, ("dataset",)))
     except StoreError:
         return stages.load_dataset(stages.dataset_artifact(Context(opened), ref_or_name))
-
-
-def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
-    """Images as one tensor (N, C, H, W): uint8 as given, floats taken to be in [0, 1].
-
-    Arrays and tensors must already have the encoder's size; (N, H, W) means one channel. PIL
-    images and file paths are converted to the encoder's channels and size.
-    Example: as_image_batch(np.zeros((4, 8, 8), np.uint8), (1, 8, 8)).shape == (4, 1, 8, 8)
-    """
-    import numpy as np
-    import torch
-
-    if isinstance(images, (list, tuple)):
-        return _from_pictures(list(images), in_shape)
-    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach()
-    if tensor.dim() == 3:
-        tensor = tensor.unsqueeze(1)
-    if tensor.dim() != 4 or tuple(tensor.shape[1:]) != tuple(in_shape):
-        raise DataError(f"images of shape {tuple(tensor.shape)} do not fit the encoder's input (N, "
-                        f"{', '.join(map(str, in_shape))})", "resize them to the encoder's input, or pass PIL "
-                        "images or file paths, which are converted")
-    if tensor.dtype == torch.uint8:
-        return tensor.cpu()
-    if tensor.is_floating_point():
-        return tensor.float().cpu()
-    if int(tensor.min()) < 0 or int(tensor.max()) > 255:
-        raise DataError(f"integer images with values {int(tensor.min())}..{int(tensor.max())} are not 8-bit",
-                        "pass uint8 values 0-255 or floats in [0, 1]")
-    return tensor.to(torch.uint8).cpu()
-
-
-def _from_pictures(items: list[Any], in_shape: tuple[int, int, int]) -> Any:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from clt.data.sources import image_array
-
-    channels, height, width = in_shape
-    arrays = []
-    for item in items:
-        if isinstance(item, Image.Image):
-            arrays.append(image_array(item, channels, (height, width)))
-            continue
-        try:
-            with Image.open(item) as im:
-                arrays.append(image_array(im, channels, (height, width)))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"cannot read image '{item}': {err}", "pass readable image files") from None
-    if not arrays:
-        raise DataError("no images given", "pass at least one image")
-    stacked = np.stack(arrays)
-    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(stacked))

@@ -98,6 +98,25 @@ def knn_predict(
     `distance` voting weighs each neighbour by exp(similarity / temperature) (the kNN
     monitor of InstDisc/MoCo); for euclidean the similarity is the negative distance.
     """
+    out = [_vote(q, sim, train_labels[idx], n_classes, metric, vote, temperature)[0]
+           for q, sim, idx in nearest_neighbours(train, queries, k, metric, query_chunk, train_chunk)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def knn_class_shares(train: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor, k: int,
+                     n_classes: int, metric: str = "cosine", vote: str = "majority", temperature: float = 0.07,
+                     query_chunk: int = 1024) -> torch.Tensor:
+    """(N, classes): each class's share of a query's k-nearest-neighbour vote (rows sum to 1), the
+    votes knn_predict counts. Example: knn_class_shares(train, labels, q, 10, 10)[0].max() == 0.7"""
+    out = [_vote(q, sim, train_labels[idx], n_classes, metric, vote, temperature)[1]
+           for q, sim, idx in nearest_neighbours(train, queries, k, metric, query_chunk)]
+    return torch.cat(out) if out else torch.zeros(0, n_classes)
+
+
+def nearest_neighbours(train: torch.Tensor, queries: torch.Tensor, k: int, metric: str = "cosine",
+                       query_chunk: int = 1024, train_chunk: int = 65536):
+    """Exact search: yields (query chunk, similarities, train indices) of each query's k nearest train
+    rows, best first. Cosine similarity, or for euclidean -‖q−t‖² + ‖q‖² (the ranking of distances)."""
     k = min(k, len(train))
     if metric == "cosine":
         train = torch.nn.functional.normalize(train.float(), dim=1)
@@ -106,12 +125,9 @@ def knn_predict(
     else:
         train, queries = train.float(), queries.float()
         train_sq = (train * train).sum(1)
-    out = []
     for qs in range(0, len(queries), query_chunk):
         q = queries[qs:qs + query_chunk]
-        best_sim, best_idx = _nearest(q, train, train_sq, k, train_chunk)
-        out.append(_vote(q, best_sim, train_labels[best_idx], n_classes, metric, vote, temperature))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        yield (q, *_nearest(q, train, train_sq, k, train_chunk))
 
 
 def _nearest(q: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor | None, k: int,
@@ -136,8 +152,9 @@ def _nearest(q: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor | None
 
 
 def _vote(q: torch.Tensor, best_sim: torch.Tensor, neighbours: torch.Tensor, n_classes: int, metric: str,
-          vote: str, temperature: float) -> torch.Tensor:
-    """Each query's class from its neighbours' labels: majority (ties to the nearest) or distance-weighted."""
+          vote: str, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class, vote shares) of each query from its neighbours' labels: majority (ties go to the
+    nearest) or distance-weighted."""
     if vote == "majority":
         weights = torch.ones_like(best_sim)
     else:
@@ -147,6 +164,7 @@ def _vote(q: torch.Tensor, best_sim: torch.Tensor, neighbours: torch.Tensor, n_c
         weights = torch.exp((sims - sims.max(1, keepdim=True).values) / temperature)
     scores = torch.zeros(len(q), n_classes, device=q.device)
     scores.scatter_add_(1, neighbours, weights)
+    shares = scores / scores.sum(1, keepdim=True).clamp_min(1e-12)
     if vote == "majority":
         # ties go to the tied class whose nearest member is nearest: rank of each class's
         # first neighbour, as a tie-break below one vote
@@ -154,7 +172,7 @@ def _vote(q: torch.Tensor, best_sim: torch.Tensor, neighbours: torch.Tensor, n_c
         first = torch.full((len(q), n_classes), neighbours.shape[1], device=q.device, dtype=torch.long)
         first.scatter_reduce_(1, neighbours, ranks, reduce="amin")
         scores = scores * (neighbours.shape[1] + 1) - first
-    return scores.argmax(1)
+    return scores.argmax(1), shares
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

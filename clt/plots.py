@@ -69,8 +69,10 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: 
     _save(plt, fig, path, 100)
 
 
-def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (), title: str = "") -> None:
-    """rows: each (K, C, H, W) floats in [0, 1]; drawn as a grid, one row per list entry."""
+def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (), title: str = "",
+               cell_titles: Sequence[Sequence[str]] = ()) -> None:
+    """rows: each (K, C, H, W) floats in [0, 1]; drawn as a grid, one row per list entry, with an
+    optional caption under each cell (`cell_titles[r][c]`)."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.2 * n_cols, 1.25 * n_rows), squeeze=False)
@@ -84,6 +86,8 @@ def image_grid(rows: list[np.ndarray], path: Path, row_titles: Sequence[str] = (
                     ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
                 else:
                     ax.imshow(img.transpose(1, 2, 0))
+                if r < len(cell_titles) and c < len(cell_titles[r]) and cell_titles[r][c]:
+                    ax.text(0.5, -0.04, cell_titles[r][c], fontsize=6, ha="center", va="top", transform=ax.transAxes)
         if r < len(row_titles):
             axes[r][0].set_title(row_titles[r], fontsize=7, loc="left")
     if title:

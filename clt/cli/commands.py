@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -305,17 +306,50 @@ def evaluate(
 @app.command()
 def embed(
     encoder: Optional[str] = typer.Argument(None, help="Encoder (default: latest)."),
+    more: Optional[list[str]] = typer.Argument(None, metavar="[IMAGES]...", help="More images, after --images."),
     split: str = typer.Option("test", "--split", help="train or test."),
+    images: list[str] = typer.Option([], "--images", help="Embed new images instead of a split: files, folders "
+                                     "(recursive), glob patterns or a .tar.gz (repeatable, or list them after it)."),
+    out: Optional[str] = typer.Option(None, "--out", help="With --images: write a plain FILE.npy (plus "
+                                      "FILE.paths.txt) or FILE.csv instead of an artifact."),
     projector: bool = typer.Option(False, "--projector", help="Also write vectors.tsv + metadata.tsv for the "
                                    "TensorBoard Embedding Projector."),
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Write an encoder's embeddings of a split as .npy; prints the embeddings' id.
+    """Write an encoder's embeddings of a split, or of new images, as .npy; prints the embeddings' id.
 
-    Example: clt embed --split test
+    Example: clt embed ENCODER --images my_photos/
     """
-    _emit(_run(lambda: _api().embed(encoder, split=split, projector=projector, **_opts(device))), json_out)
+    def go():
+        ref, paths = _split_images(encoder, list(more or []), list(images))
+        if not paths:
+            if more or out:
+                raise CltError("image paths or --out without --images", "write e.g. clt embed ENCODER --images DIR")
+            return _api().embed(ref, split=split, projector=projector, **_opts(device))
+        return _api().embed(ref, images=paths, out=out, **_opts(device))
+
+    made = _run(go)
+    if isinstance(made, Path):
+        print(made)
+    else:
+        _emit(made, json_out)
+
+
+def _split_images(encoder: Optional[str], more: list[str], images: list[str]) -> tuple[Optional[str], list[str]]:
+    """(encoder ref, images): the shell expands `--images photos/*.jpg` into one flag value and loose
+    paths, so with --images a first positional that is an image file or folder is an image too."""
+    if not images:
+        return encoder, images
+    paths = images + more
+    if encoder is not None and _is_image_input(encoder):
+        return None, [encoder] + paths
+    return encoder, paths
+
+
+def _is_image_input(value: str) -> bool:
+    path = Path(value)
+    return path.is_file() or (path.is_dir() and not (path / "manifest.json").exists())
 
 
 @app.command()
@@ -332,6 +366,85 @@ def tsne(
     """
     _emit(_run(lambda: _api().tsne(embeddings, pca=pca, perplexity=perplexity, max_points=max_points, **_opts())),
           json_out)
+
+
+@app.command()
+def predict(
+    probe: str = typer.Argument(..., help="Probe (or, with --knn, an encoder): id, prefix, ref or recipe name."),
+    images: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or .tar.gz archives."),
+    top: int = typer.Option(1, "--top", help="Print the K most likely classes per image."),
+    knn: Optional[int] = typer.Option(None, "--knn", help="Vote among the K nearest stored training embeddings "
+                                      "instead of the probe's head."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Classify new images: one line per image on stdout, path<TAB>class<TAB>prob (a table on stderr).
+
+    Example: clt predict latest-probe photos/ --top 3
+    """
+    from clt.cli import render
+
+    rows = _run(lambda: _api().predict(probe, images, top=top, knn=knn, **_opts(device)))
+    _console().print(render.predictions_table(rows))
+    for row in rows:
+        if STATE.json or json_out:
+            print(json.dumps(row))
+        else:
+            print("\t".join([row["path"], *[f"{c['class']}\t{c['prob']:.4f}" for c in row["top"]]]))
+
+
+@app.command()
+def index(
+    source: Optional[str] = typer.Argument(None, help="Encoder (its --split embeddings) or embeddings artifact "
+                                           "(default: latest encoder)."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    kind: str = typer.Option("exact", "--kind", help="exact, hnsw or ivf (FAISS, approximate, for millions)."),
+    metric: str = typer.Option("cosine", "--metric", help="cosine or euclidean."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Build a search index over stored embeddings; prints the index's id.
+
+    Example: clt index latest-encoder --kind hnsw
+    """
+    _emit(_run(lambda: _api().index(source, split=split, kind=kind, metric=metric, **_opts(device))), json_out)
+
+
+@app.command()
+def search(
+    index_ref: str = typer.Argument(..., metavar="INDEX", help="Index id, prefix or ref (latest-index)."),
+    images: list[str] = typer.Argument(..., help="Query images: files, folders, glob patterns or .tar.gz."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Write a PNG of every query beside its neighbours."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Find the stored images nearest to each query: query<TAB>rank<TAB>row or path<TAB>class<TAB>distance.
+
+    Example: clt search latest-index query.jpg -k 5 --grid neighbours.png
+    """
+    found = _run(lambda: _api().search(index_ref, images, k=k, grid=grid, **_opts(device)))
+    for result in found:
+        if STATE.json or json_out:
+            print(json.dumps(result))
+            continue
+        for n in result["neighbours"]:
+            where = n["path"] if n["path"] is not None else str(n["row"])
+            print(f"{result['query']}\t{n['rank']}\t{where}\t{n['class'] or n['label']}\t{n['distance']:.6f}")
+
+
+@app.command()
+def export(
+    encoder: Optional[str] = typer.Argument(None, help="Encoder (default: latest)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also copy the model file (and its .json sidecar) here."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Export an encoder as one ONNX or TorchScript file taking uint8 images (normalisation folded in).
+
+    Example: clt export latest-encoder --format onnx --out encoder.onnx
+    """
+    _emit(_run(lambda: _api().export(encoder, format=fmt, out=out, **_opts())), json_out)
 
 
 baseline_app = typer.Typer(help="Baselines in the same tool: supervised from scratch, logistic regression on "

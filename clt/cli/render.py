@@ -103,3 +103,17 @@ def artifacts_table(rows: list[dict[str, Any]], root: str):
     for row in rows:
         table.add_row(row["short"], row["kind"], row["name"], row["created"], row["metrics"], row["files"])
     return table
+
+
+def predictions_table(rows: list[dict[str, Any]], limit: int = 30):
+    """The first `limit` predictions as a table (all of them go to stdout)."""
+    from rich.table import Table
+
+    table = Table(title=f"predictions for {len(rows)} images" + (f" (first {limit})" if len(rows) > limit else ""))
+    for column in ("image", "class", "probability", "next"):
+        table.add_column(column, justify="right" if column == "probability" else "left", overflow="fold")
+    for row in rows[:limit]:
+        best, rest = row["top"][0], row["top"][1:]
+        table.add_row(row["path"], best["class"], f"{best['prob']:.2%}",
+                      ", ".join(f"{c['class']} {c['prob']:.0%}" for c in rest))
+    return table

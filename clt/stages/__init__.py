@@ -12,12 +12,17 @@ from clt.stages.context import Context, Outcome, ProgressEvent, ProgressTask, Re
 from clt.stages.dataset import KNOWN_DATASETS, dataset_artifact, download, load_dataset
 from clt.stages.embed import embed, stored_features, tsne
 from clt.stages.evaluate import EVALUATE_PROTOCOL, encoder_of, evaluate, verifiable
+from clt.stages.export import export
+from clt.stages.images import embed_images
+from clt.stages.predict import predict
 from clt.stages.pretrain import pretrain, snapshots
 from clt.stages.probe import load_probe, probe
+from clt.stages.search import SearchIndex, build_index, search
 from clt.stages.views import views
 from clt.stages.weights import load_encoder, load_weights, save_module
 
-__all__ = ["EVALUATE_PROTOCOL", "KNOWN_DATASETS", "Context", "Outcome", "ProgressEvent", "ProgressTask", "Reporter",
+__all__ = ["EVALUATE_PROTOCOL", "KNOWN_DATASETS", "Context", "SearchIndex", "build_index", "embed_images", "export",
+           "predict", "search", "Outcome", "ProgressEvent", "ProgressTask", "Reporter",
            "baseline_logreg", "baseline_scratch", "dataset_artifact", "download", "embed", "encoder_of", "evaluate",
            "iter_rows", "load_dataset", "load_encoder", "load_probe", "load_weights", "pretrain", "probe", "produce",
            "save_module", "snapshots", "stored_features", "summarize", "tsne", "verifiable", "views"]

@@ -1,0 +1,156 @@
+"""Trained artifacts put to work on new images: an encoder that embeds, a probe that classifies.
+
+Both carry the normalisation of the dataset they were trained on, and take images as arrays,
+tensors, PIL images or files, converted as `clt download` converts imported images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clt.errors import DataError
+from clt.stages.evaluate import encoder_of
+from clt.stages.probe import load_probe
+from clt.stages.weights import load_encoder as load_encoder_module
+from clt.store import Artifact, Store
+
+
+def _dataset_of(store: Store, artifact: Artifact) -> Artifact:
+    dataset_id = artifact.inputs.get("dataset")
+    if not dataset_id or not store.exists(dataset_id):
+        name = (artifact.recipe or {}).get("data", {}).get("dataset", "its dataset")
+        raise DataError(f"{artifact.short}: the dataset it was trained on ({str(dataset_id)[:12]}) is not in the "
+                        f"store, and its normalisation is stored there", f"run `clt download {name}` again")
+    return store.get(dataset_id)
+
+
+class Encoder:
+    """A trained encoder with everything needed to embed new images: weights, input shape, normalisation.
+
+    Example: clt.load_encoder("latest-encoder").embed(np.zeros((2, 8, 8), np.uint8)).shape == (2, 128)
+    """
+
+    def __init__(self, artifact: Artifact, module: Any, dataset: Artifact, device: Any):
+        info = dataset.manifest["dataset"]
+        self.id, self.name, self.device = artifact.id, artifact.name, device
+        self.in_shape: tuple[int, int, int] = tuple(artifact.manifest["encoder"]["in_shape"])
+        self.channels = self.in_shape[0]
+        self.mean, self.std = list(info["mean"]), list(info["std"])
+        self.classes: list[str] = list(info["classes"])
+        self.module = module
+        self.out_dim = int(module.out_dim)
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.id[:12]} {self.name!r}, input {self.in_shape}, {self.out_dim}-d)"
+
+    def embed(self, images: Any, batch_size: int = 1024) -> Any:
+        """(N, D) float32 embeddings of uint8 or [0, 1] float images (N, C, H, W) or (N, H, W), numpy
+        or torch, or of a list of PIL images or image file paths (converted and resized as
+        `clt download` converts imported images)."""
+        from clt.features import extract_features
+
+        split, data = self._as_split(images)
+        return extract_features(self.module, data, split, self.device, batch_size=batch_size).cpu().numpy()
+
+    def _as_split(self, images: Any):
+        import torch
+
+        from clt.data.memory import ImageData, Split
+
+        pixels = as_image_batch(images, self.in_shape).to(self.device)
+        split = Split(pixels, torch.full((len(pixels),), -1, dtype=torch.long, device=self.device))
+        data = ImageData(self.name, self.classes, split, split, torch.tensor(self.mean, device=self.device),
+                         torch.tensor(self.std, device=self.device))
+        return split, data
+
+
+class Classifier:
+    """An encoder with a trained probe head: class predictions for new images.
+
+    Example: names = [c.classes[i] for i in c.predict(images)] where c = clt.load_classifier("latest-probe")
+    """
+
+    def __init__(self, encoder: Encoder, head: Any, probe_id: str):
+        self.encoder, self.head, self.id = encoder, head, probe_id
+        self.classes = encoder.classes
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.id[:12]}, {len(self.classes)} classes, on {self.encoder!r})"
+
+    def predict_proba(self, images: Any, batch_size: int = 1024) -> Any:
+        """(N, classes) softmax probabilities."""
+        import torch
+
+        features = torch.from_numpy(self.encoder.embed(images, batch_size)).to(self.encoder.device)
+        with torch.no_grad():
+            return torch.softmax(self.head(features).float(), dim=1).cpu().numpy()
+
+    def predict(self, images: Any, batch_size: int = 1024) -> Any:
+        """(N,) class indices; `classes[i]` names them."""
+        return self.predict_proba(images, batch_size).argmax(axis=1)
+
+
+def encoder_for(store: Store, artifact: Artifact, device: Any, weights: str = "encoder.safetensors") -> Encoder:
+    """The encoder artifact's weights with its dataset's normalisation, on `device`."""
+    return Encoder(artifact, load_encoder_module(artifact, device, weights), _dataset_of(store, artifact), device)
+
+
+def classifier_for(store: Store, artifact: Artifact, device: Any) -> Classifier:
+    """A probe artifact (or supervised baseline) as a classifier: its encoder and head, on `device`."""
+    module, head = load_probe(store, artifact, device)
+    encoder = Encoder(encoder_of(store, artifact), module, _dataset_of(store, artifact), device)
+    return Classifier(encoder, head, artifact.id)
+
+
+def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
+    """Images as one tensor (N, C, H, W): uint8 as given, floats taken to be in [0, 1].
+
+    Arrays and tensors must already have the encoder's size; (N, H, W) means one channel. PIL
+    images and file paths are converted to the encoder's channels and size.
+    Example: as_image_batch(np.zeros((4, 8, 8), np.uint8), (1, 8, 8)).shape == (4, 1, 8, 8)
+    """
+    import numpy as np
+    import torch
+
+    if isinstance(images, (list, tuple)):
+        return _from_pictures(list(images), in_shape)
+    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach()
+    if tensor.dim() == 3:
+        tensor = tensor.unsqueeze(1)
+    if tensor.dim() != 4 or tuple(tensor.shape[1:]) != tuple(in_shape):
+        raise DataError(f"images of shape {tuple(tensor.shape)} do not fit the encoder's input (N, "
+                        f"{', '.join(map(str, in_shape))})", "resize them to the encoder's input, or pass PIL "
+                        "images or file paths, which are converted")
+    if tensor.dtype == torch.uint8:
+        return tensor.cpu()
+    if tensor.is_floating_point():
+        return tensor.float().cpu()
+    if int(tensor.min()) < 0 or int(tensor.max()) > 255:
+        raise DataError(f"integer images with values {int(tensor.min())}..{int(tensor.max())} are not 8-bit",
+                        "pass uint8 values 0-255 or floats in [0, 1]")
+    return tensor.to(torch.uint8).cpu()
+
+
+def _from_pictures(items: list[Any], in_shape: tuple[int, int, int]) -> Any:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clt.data.sources import image_array
+
+    channels, height, width = in_shape
+    arrays = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            arrays.append(image_array(item, channels, (height, width)))
+            continue
+        try:
+            with Image.open(item) as im:
+                arrays.append(image_array(im, channels, (height, width)))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image '{item}': {err}", "pass readable image files") from None
+    if not arrays:
+        raise DataError("no images given", "pass at least one image")
+    stacked = np.stack(arrays)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stacked))

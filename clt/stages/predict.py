@@ -1,0 +1,60 @@
+"""Classes for new images: by a probe's head, or by a vote of the nearest stored training embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clt.stages.context import Context
+from clt.stages.dataset import load_dataset
+from clt.stages.embed import stored_features
+from clt.stages.evaluate import encoder_of
+from clt.stages.images import read_images
+from clt.stages.inference import classifier_for, encoder_for
+from clt.stages.probe import stored_recipe
+
+
+def predict(ctx: Context, ref: str | None, items: list[str], top: int = 1, knn: int | None = None
+            ) -> list[dict[str, Any]]:
+    """One row per readable image: its path and its `top` classes with probabilities, best first.
+
+    With `knn` the class is the vote of the K nearest training embeddings of the encoder (the
+    protocol `clt evaluate --knn K` scores), and the probability is that class's share of the vote.
+    Example: predict(ctx, probe_id, ["cat.jpg"], top=3)[0]["top"][0] == {"class": "cat", "index": 3, "prob": 0.91}
+    """
+    from clt.devices import pick_device
+
+    kinds = ("probe", "encoder") if knn else ("probe",)
+    target = ctx.store.resolve_named(ref, kinds, hint="train a probe first: clt probe (or pass an encoder with --knn)")
+    device = pick_device(ctx.device)
+    if knn:
+        names, proba, first, classes = _knn_votes(ctx, encoder_of(ctx.store, target), items, knn, device)
+    else:
+        classifier = classifier_for(ctx.store, target, device)
+        images, names, _ = read_images(ctx, items, classifier.encoder)
+        proba = classifier.predict_proba(images)
+        first, classes = proba.argmax(1), classifier.classes
+    return [{"path": name, "top": _top(p, int(best), classes, top)} for name, p, best in zip(names, proba, first)]
+
+
+def _knn_votes(ctx: Context, encoder_art, items: list[str], k: int, device):
+    """(names, vote shares, voted class, class names) exactly as `evaluate --knn` votes."""
+    import torch
+
+    from clt import metrics
+
+    encoder = encoder_for(ctx.store, encoder_art, device)
+    images, names, _ = read_images(ctx, items, encoder)
+    queries = torch.from_numpy(encoder.embed(images)).to(device)
+    train = stored_features(ctx, encoder_art.id, "train", device)
+    labels = load_dataset(ctx.store.get(encoder_art.inputs["dataset"])).train.labels.to(device)
+    cfg = stored_recipe(encoder_art, []).evaluate
+    args = (train, labels, queries, k, len(encoder.classes), cfg.knn_metric, cfg.knn_vote, cfg.knn_temperature)
+    voted = metrics.knn_predict(*args).cpu().numpy()
+    return names, metrics.knn_class_shares(*args).cpu().numpy(), voted, encoder.classes
+
+
+def _top(proba, best: int, classes: list[str], top: int) -> list[dict[str, Any]]:
+    """The `top` classes by probability, the predicted one first (a kNN vote's tie-break decides it)."""
+    order = [best] + [int(i) for i in proba.argsort()[::-1] if int(i) != best]
+    return [{"class": classes[i] if i < len(classes) else str(i), "index": i, "prob": float(proba[i])}
+            for i in order[:max(1, top)]]
