@@ -114,12 +114,13 @@ def knn_class_shares(train: torch.Tensor, train_labels: torch.Tensor, queries: t
 
 
 def nearest_neighbours(train: torch.Tensor, queries: torch.Tensor, k: int, metric: str = "cosine",
-                       query_chunk: int = 1024, train_chunk: int = 65536):
+                       query_chunk: int = 1024, train_chunk: int = 65536, normalized: bool = False):
     """Exact search: yields (query chunk, similarities, train indices) of each query's k nearest train
-    rows, best first. Cosine similarity, or for euclidean -‖q−t‖² + ‖q‖² (the ranking of distances)."""
+    rows, best first. Cosine similarity, or for euclidean -‖q−t‖² + ‖q‖² (the ranking of distances).
+    `normalized`: the train rows are unit vectors already (a stored index), so they are not copied."""
     k = min(k, len(train))
     if metric == "cosine":
-        train = torch.nn.functional.normalize(train.float(), dim=1)
+        train = train.float() if normalized else torch.nn.functional.normalize(train.float(), dim=1)
         queries = torch.nn.functional.normalize(queries.float(), dim=1)
         train_sq = None
     else:

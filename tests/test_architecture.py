@@ -14,10 +14,10 @@ import clt
 from clt import api
 
 MAX_FUNCTION_LINES = 60
-# bench scripts that time clt's building blocks (losses, augmentation, kNN kernels) import them
+# bench scripts that time clt's building blocks (losses, augmentation, kNN kernels, FAISS indexes) import them
 # directly; every script that runs stages goes through the public API
-COMPONENT_BENCHMARKS = {"speed.py", "knn.py", "curve.py"}
-ALLOWED_IN_BENCH = {"clt", "clt.api", "clt.cli.render"}
+COMPONENT_BENCHMARKS = {"speed.py", "knn.py", "curve.py", "index.py"}
+ALLOWED_IN_BENCH = {"clt", "clt.api", "clt.cli.render", "clt.exporters"}
 
 
 def functions(path: Path):
@@ -62,3 +62,9 @@ def test_bench_scripts_use_clt_through_its_api(script: str):
             raise AssertionError(f"bench/{script} edits sys.path: run it with the installed package instead")
     if script not in COMPONENT_BENCHMARKS:
         assert used <= ALLOWED_IN_BENCH, f"bench/{script} imports {sorted(used - ALLOWED_IN_BENCH)}"
+
+
+def test_no_module_of_clt_is_named_like_an_api_function():
+    """`import clt.probe` would replace the function clt.probe with the module (it happened twice)."""
+    modules = {p.stem for p in (ROOT / "clt").glob("*.py")} | {p.name for p in (ROOT / "clt").iterdir() if p.is_dir()}
+    assert not modules & set(clt._API)

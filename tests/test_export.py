@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clt.errors import CltError
-from clt.export import FORMATS, export_encoder, run_onnx, run_torchscript, sidecar_path
+from clt.exporters import FORMATS, export_encoder, run_onnx, run_torchscript, sidecar_path
 from clt.models.heads import build_encoder
 from clt.registry import ENCODERS
 from clt.version import __version__
@@ -124,7 +124,7 @@ def test_running_a_file_rejects_images_that_are_not_uint8(tmp_path: Path):
 
 
 def test_a_failed_export_keeps_the_previous_pair_and_leaves_no_temporary(tmp_path: Path, monkeypatch):
-    import clt.export
+    import clt.exporters
 
     module, in_shape, mean, std = _encoder("pixels")
     path = tmp_path / "encoder.pt"
@@ -135,7 +135,7 @@ def test_a_failed_export_keeps_the_previous_pair_and_leaves_no_temporary(tmp_pat
         out.write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(clt.export, "_export_torchscript", half_written)
+    monkeypatch.setattr(clt.exporters, "_export_torchscript", half_written)
     with pytest.raises(RuntimeError, match="disk full"):
         export_encoder(module, in_shape, mean, std, path, "torchscript", {"name": "second"})
     assert (path.read_bytes(), sidecar_path(path).read_text()) == before

@@ -33,7 +33,7 @@ def export(ctx: Context, encoder_ref: str | None, fmt: str = "onnx", out: str | 
 def _build(ctx: Context, encoder_art: Artifact, fmt: str, tmp: Path) -> dict[str, Any]:
     import torch
 
-    from clt.export import export_encoder
+    from clt.exporters import export_encoder
 
     encoder = encoder_for(ctx.store, encoder_art, torch.device("cpu"))
     with ctx.report.progress(f"exporting to {fmt}", None):
@@ -44,7 +44,7 @@ def _build(ctx: Context, encoder_art: Artifact, fmt: str, tmp: Path) -> dict[str
 
 
 def _copy_out(artifact: Artifact, fmt: str, out: Path) -> None:
-    from clt.export import sidecar_path
+    from clt.exporters import sidecar_path
 
     if out.suffix.lower() == ".json":
         raise CltError(f"--out {out} is the sidecar's name", f"name the model file, e.g. encoder{SUFFIX[fmt]}")

@@ -18,7 +18,7 @@ from clt.store import Artifact
 
 INDEX_KINDS = ("exact", "hnsw", "ivf")
 METRICS = ("cosine", "euclidean")
-# defaults chosen with bench/index.py (recall@10 against exact search on 1,000,000 vectors)
+# defaults: see bench/results/index.md (recall@10 against exact search, build time and queries/s)
 HNSW = {"M": 32, "efConstruction": 80, "efSearch": 128}
 IVF = {"nlist_per_sqrt_n": 4, "nprobe": 32}
 
@@ -68,7 +68,7 @@ def faiss_module():
         import faiss
     except ImportError:
         raise CltError("approximate indexes need FAISS, which is not installed",
-                       "pip install faiss-cpu, or use --kind exact") from None
+                       "pip install 'clt[index]' (faiss-cpu), or use --kind exact") from None
     return faiss
 
 
@@ -130,7 +130,7 @@ class SearchIndex:
 
         sims, rows = [], []
         for q, sim, idx in nearest_neighbours(torch.from_numpy(self.vectors), torch.from_numpy(vectors), k,
-                                              self.info["metric"]):
+                                              self.info["metric"], normalized=True):
             if self.info["metric"] == "euclidean":
                 sim = (q * q).sum(1, keepdim=True) - sim  # squared distance
             sims.append(sim.numpy())

@@ -102,7 +102,12 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def _export_onnx(wrapped: NormalizedEncoder, example: torch.Tensor, out: Path) -> None:
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise CltError("ONNX export needs the onnx and onnxscript packages, which are not installed",
+                       "pip install 'clt[export]' (onnx, onnxscript), or use --format torchscript") from None
 
     # The default (dynamo, torch.export-based) exporter of torch 2.9+ handles every registered
     # encoder with a symbolic batch dimension; the legacy TorchScript exporter is deprecated.
