@@ -49,6 +49,9 @@ def test_images_of_any_mode_and_size_are_converted_as_download_converts_them(tra
         picture.save(tmp_path / name)
     vectors = encoder.embed([str(tmp_path / n) for n in ("rgb.png", "rgba.png", "palette.png")])
     np.testing.assert_allclose(vectors, np.repeat(encoder.embed(base[None]), 3, 0), atol=1e-5)
+    colour = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)  # an RGB array, 1-channel encoder
+    as_files = [Image.fromarray(c.transpose(1, 2, 0)) for c in colour]  # PIL's convert("L") is the reference
+    np.testing.assert_allclose(encoder.embed(colour), encoder.embed(as_files), atol=1e-6)
     assert encoder.embed([str(tmp_path / "big.png")]).shape == (1, encoder.out_dim)  # resized to 8x8
 
 

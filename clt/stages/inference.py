@@ -105,8 +105,9 @@ def classifier_for(store: Store, artifact: Artifact, device: Any) -> Classifier:
 def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
     """Images as one tensor (N, C, H, W): uint8 as given, floats taken to be in [0, 1].
 
-    Arrays and tensors must already have the encoder's size; (N, H, W) means one channel. PIL
-    images and file paths are converted to the encoder's channels and size.
+    Arrays and tensors must already have the encoder's height and width; (N, H, W) means one channel,
+    and 1 or 3 channels are converted to the encoder's. PIL images and file paths are converted to
+    the encoder's channels and size.
     Example: as_image_batch(np.zeros((4, 8, 8), np.uint8), (1, 8, 8)).shape == (4, 1, 8, 8)
     """
     import numpy as np
@@ -117,6 +118,8 @@ def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
     tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach()
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(1)
+    if tensor.dim() == 4 and tuple(tensor.shape[2:]) == tuple(in_shape[1:]):
+        tensor = _to_channels(tensor, in_shape[0])
     if tensor.dim() != 4 or tuple(tensor.shape[1:]) != tuple(in_shape):
         raise DataError(f"images of shape {tuple(tensor.shape)} do not fit the encoder's input (N, "
                         f"{', '.join(map(str, in_shape))})", "resize them to the encoder's input, or pass PIL "
@@ -129,6 +132,23 @@ def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
         raise DataError(f"integer images with values {int(tensor.min())}..{int(tensor.max())} are not 8-bit",
                         "pass uint8 values 0-255 or floats in [0, 1]")
     return tensor.to(torch.uint8).cpu()
+
+
+def _to_channels(tensor: Any, channels: int) -> Any:
+    """Grayscale to RGB by repeating the plane; RGB to grayscale by PIL's luma weights (in integer
+    arithmetic for uint8, as PIL's convert("L") rounds), so arrays convert as files do."""
+    import torch
+
+    have = tensor.shape[1]
+    if have == channels or {have, channels} != {1, 3}:
+        return tensor
+    if channels == 3:
+        return tensor.expand(-1, 3, -1, -1).contiguous()
+    if tensor.dtype == torch.uint8:
+        r, g, b = (tensor[:, i:i + 1].to(torch.int32) for i in range(3))
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=tensor.dtype, device=tensor.device).view(1, 3, 1, 1)
+    return (tensor * weights).sum(1, keepdim=True)
 
 
 def _from_pictures(items: list[Any], in_shape: tuple[int, int, int]) -> Any:
