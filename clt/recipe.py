@@ -67,6 +67,7 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    lars_eta: float = field(default=0.001, metadata=OMIT_IF_DEFAULT)  # LARS trust coefficient
     scheduler: Literal["none", "step", "cosine"] = "none"
     step_size: int = 7
     gamma: float = 0.1
@@ -129,6 +130,7 @@ _NAMED_SECTIONS = {"model": "encoder", "objective": "name"}
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("pretrain", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("pretrain", "lars_eta"): (lambda v: v > 0, "> 0"),
     ("pretrain", "batch_size"): (lambda v: v >= 2, ">= 2 (contrastive losses compare samples in a batch)"),
     ("pretrain", "lr"): (lambda v: v > 0, "> 0"),
     ("pretrain", "weight_decay"): (lambda v: v >= 0, ">= 0"),

@@ -44,7 +44,9 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
         ctx.report = Reporter()  # only rank 0 logs and draws progress
     data_art = dataset_artifact(ctx, recipe.data.dataset)
     spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
-            "seed": recipe.seed}
+            "seed": recipe.seed,
+            # "lars" ran plain SGD before LARS was written: such encoders must not be reused as LARS ones
+            **({"optimizer": "layer-wise LARS"} if recipe.pretrain.optimizer == "lars" else {})}
     if group and (recipe.pretrain.batch_size % group.world_size):
         raise RecipeError(f"pretrain.batch_size = {recipe.pretrain.batch_size} does not split over "
                           f"{group.world_size} processes", "make the global batch size a multiple of --nproc")
