@@ -66,6 +66,12 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: 
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     ax.set_title(title)
+    scored = [h for h in history if "knn_accuracy" in h]
+    if scored:  # the online kNN monitor's curve, on its own axis
+        right = ax.twinx()
+        right.plot([h["epoch"] for h in scored], [100 * h["knn_accuracy"] for h in scored], marker="s",
+                   color="tab:orange", label="kNN accuracy")
+        right.set_ylabel("monitor kNN accuracy (%)", color="tab:orange")
     _save(plt, fig, path, 100)
 
 

@@ -60,6 +60,16 @@ class ObjectiveConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """kNN accuracy of the encoder on fixed, seeded, class-balanced subsets, every N epochs."""
+
+    knn: int = 200
+    every: int = 1
+    train: int = 10000
+    test: int = 2000
+
+
+@dataclass
 class PretrainConfig:
     epochs: int = 10
     batch_size: int = 64
@@ -83,6 +93,8 @@ class PretrainConfig:
     # to 16×16, the next 8 at 24×24, the rest at full size; an epoch at side s costs about
     # (s / size)² of a full one, and the early epochs learn coarse features as well at low size
     progressive_resize: list[tuple[int, int]] = field(default_factory=list, metadata=OMIT_IF_DEFAULT)
+    # online kNN monitor (no projection head, no gradient, no augmentation); absent while unset
+    monitor: MonitorConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
 
 @dataclass
@@ -131,6 +143,8 @@ _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
     ("pretrain", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("pretrain", "lars_eta"): (lambda v: v > 0, "> 0"),
+    ("pretrain", "monitor"): (lambda v: v is None or (v.knn >= 1 and v.every >= 1 and v.train >= 1 and v.test >= 1),
+                              "a mapping of knn, every, train and test, each >= 1"),
     ("pretrain", "batch_size"): (lambda v: v >= 2, ">= 2 (contrastive losses compare samples in a batch)"),
     ("pretrain", "lr"): (lambda v: v > 0, "> 0"),
     ("pretrain", "weight_decay"): (lambda v: v >= 0, ">= 0"),

@@ -13,6 +13,7 @@ from typing import Any
 from clt.errors import CltError, RecipeError
 from clt.stages.context import Context, Outcome, Reporter, produce
 from clt.stages.dataset import dataset_artifact, load_dataset
+from clt.stages.monitor import monitor_for
 from clt.stages.weights import save_module, save_module_atomic
 from clt.store import Artifact, address
 
@@ -101,6 +102,7 @@ class _Setup:
     params: Any
     encoder: Any
     model: Any
+    monitor: Any = None
 
 
 def _setup(ctx: Context, recipe, data_art: Artifact, group) -> _Setup:
@@ -184,6 +186,7 @@ def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot
     if recipe.pretrain.channels_last:
         run.model = run.model.to(memory_format=torch.channels_last)
     forward_model = torch.compile(run.model) if recipe.pretrain.compile else run.model
+    run.monitor = monitor_for(ctx, recipe, run.data, run.device)
     with ctx.report.progress("pretrain", recipe.pretrain.epochs * steps) as task:
         def on_step(r):
             task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
@@ -192,14 +195,20 @@ def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot
         return run_pretrain(forward_model, run.objective, run.params, run.data, recipe.pretrain, device=run.device,
                             precision=run.precision, seed=recipe.seed,
                             augment=augmenter(recipe, run.data, run.objective.views), on_step=on_step,
-                            on_epoch=lambda record: _on_epoch(ctx, recipe, run.encoder, record, snapshot_dir),
+                            on_epoch=lambda record: _on_epoch(ctx, recipe, run, record, snapshot_dir),
                             checkpointer=checkpointer, distributed=group)
 
 
-def _on_epoch(ctx: Context, recipe, encoder, record: dict[str, Any], snapshot_dir: Path | None) -> None:
+def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapshot_dir: Path | None) -> None:
+    encoder = run.encoder
     at = f" at {record['image_height']}px" if recipe.pretrain.progressive_resize else ""
+    scored = ""
+    if run.monitor is not None and run.monitor.due(record["epoch"]):
+        # kept in the epoch's record, so the checkpoint (and a resumed run's history) holds the curve
+        record["knn_accuracy"], record["monitor_seconds"] = run.monitor.score(encoder)
+        scored = f", {run.monitor.cfg.knn}-NN {record['knn_accuracy']:.2%} ({record['monitor_seconds']:.1f} s)"
     ctx.report.info(f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
-                    f"embedding spread {record['embedding_spread']:.3f}")
+                    f"embedding spread {record['embedding_spread']:.3f}{scored}")
     every = recipe.pretrain.snapshot_every
     if snapshot_dir is not None and every and record["epoch"] % every == 0:
         # kept beside the checkpoint, so a killed and resumed run keeps its earlier snapshots
@@ -234,8 +243,10 @@ def _manifest(recipe, run: _Setup, result, device: str) -> dict[str, Any]:
         "metrics": {"final_loss": last.get("loss"), "epochs": recipe.pretrain.epochs,
                     "embedding_spread": last.get("embedding_spread"),
                     "train_seconds": round(result.seconds, 2), "train_images": len(run.data.train),
-                    "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1)},
+                    "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1),
+                    **({"monitor_knn_accuracy": last["knn_accuracy"]} if "knn_accuracy" in last else {})},
         "objective": recipe.objective.name,
+        **({"monitor": run.monitor.summary(result.history, result.seconds)} if run.monitor else {}),
     }
 
 
