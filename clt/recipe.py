@@ -208,6 +208,8 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
                           "write the values out instead of using &anchors and *aliases") from None
     except RecursionError:
         raise RecipeError(f"{where}: the YAML is nested too deeply", "flatten the recipe") from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits, which Python refuses to read
+        raise RecipeError(f"{where}: a value cannot be read ({err})", "write a smaller number") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -273,11 +275,19 @@ def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
     """`pretrain.epochs=2` sets raw['pretrain']['epochs'] = 2 (value parsed as YAML)."""
     import yaml
 
+    if len(item) > MAX_SET_CHARS:
+        raise RecipeError(f"--set value of {len(item):,} characters is longer than the limit of {MAX_SET_CHARS:,}",
+                          "put long values in the recipe file instead")
     if "=" not in item:
         raise RecipeError(f"--set '{item}' is not KEY=VALUE", "write e.g. --set pretrain.epochs=2")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        # the recipe files' loader: no anchors and aliases, which let a few bytes expand into gigabytes
+        value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None  # noqa: S506
+    except _AliasFound as err:
+        raise RecipeError(f"--set '{key}': YAML aliases (*{err}) are not allowed", "write the value out") from None
+    except ValueError as err:
+        raise RecipeError(f"--set '{key}': the value cannot be read ({err})", "write a smaller number") from None
     except yaml.YAMLError:
         value = text
     parts = [p for p in key.strip().split(".") if p]
@@ -348,6 +358,7 @@ def _registered_params(registry, name: str, params: dict[str, Any], where: str, 
     return to_plain(typed)
 
 
+MAX_SET_CHARS = 10_000  # one --set item; recipes themselves have no such limit
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 RESERVED_NAMES = ("latest", "dataset", "memo")
 

@@ -17,6 +17,7 @@ file's sha256 is checked when a stage reads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -35,6 +36,9 @@ from clt.version import __version__
 
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
+MANIFEST_MAC = "manifest.hmac"
+KEY_FILE = "store.key"
+MAX_REF_CHARS = 1000
 ID_CHARS = 64
 SHORT = 12
 
@@ -137,6 +141,9 @@ def _check_file(path: Path, expected: dict[str, Any]) -> str | None:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the artifact store '{self.root}' is a file, not a folder",
+                             "point --artifacts or $CLT_ARTIFACTS at a folder (it is created if missing)")
 
     # ------------------------------------------------------------------ layout
     @property
@@ -153,6 +160,42 @@ class Store:
     def _ensure(self) -> None:
         for sub in ("objects", "tmp", "refs", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if not (self.root / KEY_FILE).is_file():
+            self._create_key()
+
+    def _key(self) -> bytes | None:
+        """The store's secret for manifest signatures; None for a store this clt has never written."""
+        if getattr(self, "_cached_key", None) is None:
+            try:
+                self._cached_key = bytes.fromhex((self.root / KEY_FILE).read_text().strip())
+            except (OSError, ValueError):
+                return None
+        return self._cached_key
+
+    def _create_key(self) -> None:
+        """A random per-store key (mode 0600), then a signature for every intact artifact already
+        there: a store written by an older clt keeps its artifacts."""
+        partial = self.root / f".{KEY_FILE}.{uuid.uuid4().hex[:8]}"
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(os.urandom(32).hex() + "\n")
+        try:
+            os.link(partial, self.root / KEY_FILE)  # the first writer's key wins; a key is never replaced
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(partial)
+        for artifact_id in self.ids():
+            path = self.object_path(artifact_id)
+            if not (path / MANIFEST_MAC).exists() and _sha256_matches(path):
+                write_atomic(path / MANIFEST_MAC, self._sign((path / MANIFEST).read_bytes()) + "\n")
+
+    def _sign(self, raw: bytes) -> str:
+        import hmac
+
+        key = self._key()
+        if key is None:
+            raise StoreError(f"the store '{self.root}' has no readable {KEY_FILE}", "check the folder's permissions")
+        return hmac.new(key, raw, hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------------ reading
     def exists(self, artifact_id: str) -> bool:
@@ -168,12 +211,28 @@ class Store:
         except OSError:
             raise StoreError(f"'{path}' is not an artifact: it has no {MANIFEST}",
                              "pass an artifact id, a ref (clt ls) or an artifact directory") from None
-        expected = (path / MANIFEST_SUM).read_text().strip() if (path / MANIFEST_SUM).is_file() else None
-        if expected != hashlib.sha256(raw).hexdigest():
+        if not _sha256_matches(path, raw):
             raise StoreError(f"artifact at '{path}' is damaged: {MANIFEST} was edited or its checksum is missing",
                              "delete it with `clt gc --damaged` and run the stage that made it again")
-        manifest = json.loads(raw)
+        self._check_signature(path, raw)
+        manifest = _parse_manifest(raw, path)
         return Artifact(artifact_id or manifest["id"], path, manifest)
+
+    def _check_signature(self, path: Path, raw: bytes) -> None:
+        """A store with a key signs every manifest it writes: one edited or made outside clt is refused."""
+        import hmac
+
+        key = self._key()
+        if key is None:
+            return  # a store no clt with signatures has written to (e.g. read-only): checksums only
+        try:
+            signature = (path / MANIFEST_MAC).read_text().strip()
+        except OSError:
+            signature = ""
+        if not hmac.compare_digest(signature, hmac.new(key, raw, hashlib.sha256).hexdigest()):
+            raise StoreError(f"artifact at '{path}' is not signed by this store: {MANIFEST} was written or "
+                             "edited outside clt (or copied from another store)",
+                             "delete it with `clt gc --damaged` and run the stage that made it again")
 
     def all(self) -> list[Artifact]:
         """Every finished artifact, oldest first (damaged ones skipped: `clt verify` reports them)."""
@@ -252,8 +311,15 @@ class Store:
         return self.resolve(ref, kinds, hint=hint)
 
     def _resolve_one(self, ref: str) -> Artifact:
+        if len(ref) > MAX_REF_CHARS or "\x00" in ref:
+            raise StoreError(f"'{ref[:40]}...' ({len(ref)} characters) is not an artifact id, ref or path",
+                             "pass an id (64 hex characters, or a prefix of 4 or more), a ref or a path; see `clt ls`")
         path = Path(ref)
-        if (path / MANIFEST).is_file():
+        try:
+            is_artifact_dir = (path / MANIFEST).is_file()
+        except OSError:  # a name too long for the file system, say
+            is_artifact_dir = False
+        if is_artifact_dir:
             return self.load(path)
         named = self.read_ref(ref) or self.read_ref(f"latest-{ref}")
         if named:
@@ -324,39 +390,51 @@ class Store:
         tmp = self.root / "tmp" / f"{artifact_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            started = time.time()
-            fields = build(tmp) or {}
-            files = {}
-            for path in sorted(tmp.rglob("*")):
-                if path.is_file():
-                    rel = str(path.relative_to(tmp))
-                    files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-            manifest = {
-                "id": artifact_id,
-                "kind": kind,
-                "name": name,
-                "created": time.time(),
-                "inputs": spec.get("inputs", {}),
-                "recipe": spec.get("recipe"),
-                "spec": spec,
-                "wall_time_s": round(time.time() - started, 3),
-                "versions": library_versions(),
-                **fields,
-                "files": files,
-            }
-            raw = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-            (tmp / MANIFEST).write_bytes(raw)
-            (tmp / MANIFEST_SUM).write_text(hashlib.sha256(raw).hexdigest() + "\n")
-            for path in tmp.rglob("*"):
-                if path.is_file():
-                    with open(path, "rb") as fh:
-                        os.fsync(fh.fileno())
-            target = self.object_path(artifact_id)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, target)  # the one step that makes an artifact exist: atomic
+            self._build_in(tmp, artifact_id, spec, kind, build, name)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"no space left on the disk of the store '{self.root}' while writing {kind} "
+                                 f"{artifact_id[:SHORT]}; nothing half-written was kept",
+                                 "free some space (clt gc removes leftovers of killed runs), or point --artifacts "
+                                 "at another disk, then run the command again") from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _build_in(self, tmp: Path, artifact_id: str, spec: dict[str, Any], kind: str,
+                  build: Callable[[Path], dict[str, Any]], name: str) -> None:
+        started = time.time()
+        fields = build(tmp) or {}
+        files = {}
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                rel = str(path.relative_to(tmp))
+                files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        manifest = {
+            "id": artifact_id,
+            "kind": kind,
+            "name": name,
+            "created": time.time(),
+            "inputs": spec.get("inputs", {}),
+            "recipe": spec.get("recipe"),
+            "spec": spec,
+            "wall_time_s": round(time.time() - started, 3),
+            "versions": library_versions(),
+            **fields,
+            "files": files,
+        }
+        raw = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+        (tmp / MANIFEST).write_bytes(raw)
+        (tmp / MANIFEST_SUM).write_text(hashlib.sha256(raw).hexdigest() + "\n")
+        (tmp / MANIFEST_MAC).write_text(self._sign(raw) + "\n")
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        target = self.object_path(artifact_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, target)  # the one step that makes an artifact exist: atomic
 
     def _set_refs(self, artifact: Artifact, extra: tuple[str, ...]) -> None:
         names = ["latest", f"latest-{artifact.kind}", *extra]
@@ -380,7 +458,7 @@ class Store:
             problem = _check_file(path / name, expected)
             if problem:
                 problems.append(f"{name} {problem}")
-        listed = set(artifact.manifest.get("files", {})) | {MANIFEST, MANIFEST_SUM}
+        listed = set(artifact.manifest.get("files", {})) | {MANIFEST, MANIFEST_SUM, MANIFEST_MAC}
         for extra in path.rglob("*"):
             if extra.is_file() and str(extra.relative_to(path)) not in listed:
                 problems.append(f"{extra.relative_to(path)} is not listed in the manifest")
@@ -402,9 +480,35 @@ class Store:
         if damaged:
             for artifact_id in self.ids():
                 if self.verify(artifact_id):
-                    shutil.rmtree(self.object_path(artifact_id), ignore_errors=True)
+                    target = self.object_path(artifact_id)
+                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
                     removed.append(f"objects/{artifact_id[:2]}/{artifact_id[2:]}")
         return removed
+
+
+def _sha256_matches(path: Path, raw: bytes | None = None) -> bool:
+    try:
+        raw = (path / MANIFEST).read_bytes() if raw is None else raw
+        return (path / MANIFEST_SUM).read_text().strip() == hashlib.sha256(raw).hexdigest()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
+    """The manifest as a mapping with the fields every reader relies on, or a StoreError naming it."""
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    well_formed = isinstance(manifest, dict) and isinstance(manifest.get("id"), str) and \
+        isinstance(manifest.get("kind"), str) and isinstance(files, dict) and all(
+            isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int)
+            for f in files.values()) and isinstance(manifest.get("inputs", {}), dict)
+    if not well_formed:
+        raise StoreError(f"artifact at '{path}' is damaged: {MANIFEST} is not a clt manifest (a JSON object with "
+                         "id, kind, inputs and files)", "delete it with `clt gc --damaged` and run its stage again")
+    return manifest
 
 
 def _valid_ref(name: str) -> bool:

@@ -95,6 +95,9 @@ def _coerce_scalar(tp: Any, value: Any, where: str, dotted: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(where, dotted, value, "an integer")
+        if not -2**63 <= value < 2**63:  # torch and numpy take 64-bit integers at most
+            raise RecipeError(f"{where}: {dotted} = {_short(value)} is out of range: it must fit in 64 bits",
+                              f"write a smaller {dotted}")
         return value
     if tp is float:
         return _coerce_float(value, where, dotted)
@@ -106,6 +109,9 @@ def _coerce_scalar(tp: Any, value: Any, where: str, dotted: str) -> Any:
 
 
 def _coerce_float(value: Any, where: str, dotted: str) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+        raise RecipeError(f"{where}: {dotted} = {_short(value)} is out of range: it is too large for a number",
+                          f"write a smaller {dotted}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         # YAML reads 1e-3 (no dot) as a string: accept a numeric string here
         number = None
@@ -122,8 +128,17 @@ def _coerce_float(value: Any, where: str, dotted: str) -> float:
     return float(value)
 
 
+def _short(value: Any) -> str:
+    """A value for a message: very long ones (a 400-digit integer) cut to their ends."""
+    try:
+        text = repr(value) if not isinstance(value, int) else str(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return "an integer of more than 4,300 digits"
+    return text if len(text) <= 60 else f"{text[:25]}...{text[-25:]} ({len(text)} characters)"
+
+
 def _type_error(where: str, dotted: str, value: Any, expected: str) -> RecipeError:
-    return RecipeError(f"{where}: {dotted} = {value!r} has the wrong type: expected {expected}",
+    return RecipeError(f"{where}: {dotted} = {_short(value)} has the wrong type: expected {expected}",
                        f"write {dotted} as {expected}")
 
 

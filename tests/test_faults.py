@@ -574,7 +574,8 @@ def test_divergence_stops_with_a_hint_and_keeps_the_checkpoint(store_copy: Train
 
 
 def _reseal(artifact_dir: Path, name: str) -> None:
-    """Make `name` pass the store's checks again: manifest entry, manifest.json and its sha256."""
+    """Make `name` pass the store's checks again: manifest entry, manifest.json, its sha256 and its
+    signature (as clt itself would have written them: the store's key is at hand here)."""
     import hashlib
 
     manifest = json.loads((artifact_dir / MANIFEST).read_text())
@@ -583,6 +584,7 @@ def _reseal(artifact_dir: Path, name: str) -> None:
     raw = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
     (artifact_dir / MANIFEST).write_bytes(raw)
     (artifact_dir / MANIFEST_SUM).write_text(hashlib.sha256(raw).hexdigest() + "\n")
+    (artifact_dir / "manifest.hmac").write_text(Store(artifact_dir.parents[2])._sign(raw) + "\n")
 
 
 def test_wrong_tensor_shape_is_refused_by_name(store_copy: Trained):

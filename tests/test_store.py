@@ -196,6 +196,7 @@ def test_manifest_naming_another_id_is_detected(store: Store):
     import hashlib
 
     (art.path / MANIFEST_SUM).write_text(hashlib.sha256(raw).hexdigest())
+    (art.path / "manifest.hmac").write_text(store._sign(raw))  # a consistent, signed, but misnamed manifest
     assert any("names id" in p for p in store.verify(art.id))
 
 

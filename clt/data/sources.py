@@ -8,8 +8,8 @@ hostile file cannot run code.
 from __future__ import annotations
 
 import codecs
-import gzip
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -68,6 +68,10 @@ HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
 DIGITS_TEST_SIZE = 360
 PROGRESS_EVERY = 2000
+# Limits against inputs that are small on disk and huge in memory (decompression bombs): a file
+# or archive member read whole, and the pixels of one decoded image.
+MAX_FILE_BYTES = 256 * 2**20  # MNIST's largest file is 47 MB uncompressed, a CIFAR-10 batch 31 MB
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo; PIL itself only warns below 89 million
 
 
 def fetch(
@@ -213,7 +217,26 @@ def import_local(name: str, path: Path, *, size: tuple[int, int] | None, progres
 
 
 def _read(value: bytes | Path) -> bytes:
-    return value if isinstance(value, bytes) else value.read_bytes()
+    if isinstance(value, bytes):
+        return value
+    if value.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{value}: {value.stat().st_size:,} bytes is over clt's limit of {MAX_FILE_BYTES:,} bytes "
+                        "for one file", "remove the file, or split it")
+    return value.read_bytes()
+
+
+def _gunzip(raw: bytes, label: str) -> bytes:
+    """gzip-decompressed bytes, refusing more than MAX_FILE_BYTES (a few KB can inflate to gigabytes)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, MAX_FILE_BYTES + 1)
+    except zlib.error as e:
+        raise DataError(f"{label}: truncated or corrupt gzip file ({e})", FROM_HINT) from e
+    if len(out) > MAX_FILE_BYTES:
+        raise DataError(f"{label}: decompresses to more than clt's limit of {MAX_FILE_BYTES:,} bytes", FROM_HINT)
+    if not inflater.eof:
+        raise DataError(f"{label}: truncated or corrupt gzip file (it ends early)", FROM_HINT)
+    return out
 
 
 def dir_tree(root: Path) -> Tree:
@@ -257,6 +280,9 @@ def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
         # Links, devices, absolute names and .. could point outside the dataset: never follow them.
         if not member.isfile() or member.name.startswith(("/", "\\")) or ".." in parts:
             skipped.append(member.name)
+        elif member.size > MAX_FILE_BYTES:
+            raise DataError(f"tar member {member.name}: {member.size:,} bytes is over clt's limit of "
+                            f"{MAX_FILE_BYTES:,} bytes for one file", "remove it from the archive")
         elif not any(p.startswith(".") for p in parts):  # hidden files are debris (._AppleDouble)
             fileobj = tar.extractfile(member)
             if fileobj is not None:
@@ -287,10 +313,7 @@ def _idx_member(tree: Tree, base: str, where: Path) -> tuple[str, bytes]:
         if key in tree:
             raw = _read(tree[key])
             if key.endswith(".gz"):
-                try:
-                    raw = gzip.decompress(raw)
-                except (OSError, EOFError, zlib.error) as e:
-                    raise DataError(f"{where / key}: truncated or corrupt gzip file ({e})", FROM_HINT) from e
+                raw = _gunzip(raw, str(where / key))
             return key, raw
     raise DataError(f"{where}: missing {base} (or {base}.gz)", FROM_HINT)
 
@@ -309,7 +332,7 @@ def parse_idx(raw: bytes, label: str, ndim: int) -> np.ndarray:
         )
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     header = 4 + 4 * ndim
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python integers: dimensions near 2**32 must not wrap around
     if len(raw) != expected:
         raise DataError(
             f"{label}: truncated or corrupt IDX file: dimensions {dims} need {expected} bytes, "
@@ -413,9 +436,17 @@ def _cifar_batch(tree: Tree, key: str, where: Path) -> tuple[np.ndarray, np.ndar
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{label}: 'data' is not an (N, 3072) uint8 array", FROM_HINT)
-    labels = np.asarray(labels, dtype=np.int64) if labels is not None else None
+    try:
+        labels = np.asarray(labels) if labels is not None else None
+    except (ValueError, TypeError, OverflowError):
+        labels = None
     if labels is None or labels.shape != (len(data),):
         raise DataError(f"{label}: 'labels' missing or not one per image", FROM_HINT)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DataError(f"{label}: 'labels' are not integers (they are {labels.dtype})", FROM_HINT)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 2**31):
+        raise DataError(f"{label}: 'labels' outside 0..2**31", FROM_HINT)
+    labels = labels.astype(np.int64)
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -457,11 +488,14 @@ def _import_images(
             stacklevel=3,
         )
     keys = [k for items in splits.values() for _, k in items]
-    images, decoded_keys = _decode_all(tree, keys, where, size, progress)
+    modes: dict[str, int] = {}
+    images, decoded_keys = _decode_all(tree, keys, where, size, progress, modes)
     index = {k: i for i, k in enumerate(decoded_keys)}
     # A class is a folder that holds at least one decodable image, in either split.
-    classes = sorted({cls for items in splits.values() for cls, k in items if k in index}) if labeled else []
-    class_id = {c: i for i, c in enumerate(classes)}
+    folders = sorted({cls for items in splits.values() for cls, k in items if k in index}) if labeled else []
+    names = _printable_names(folders, where)
+    classes = [names[f] for f in folders]
+    class_id = {c: i for i, c in enumerate(folders)}
 
     def arrays(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         kept = [(cls, k) for cls, k in items if k in index]
@@ -477,9 +511,26 @@ def _import_images(
     else:
         train_images, train_labels = arrays(splits.get("train", []))
         test_images, test_labels = arrays(splits.get("test", []))
-    return DatasetArrays(
-        name, train_images, train_labels, test_images, test_labels, classes, f"imported from {where}"
-    )
+    converted = ", ".join(f"{count} from {mode}" for mode, count in sorted(modes.items()))
+    source = f"imported from {where}" + (f"; images converted: {converted}" if converted else "")
+    return DatasetArrays(name, train_images, train_labels, test_images, test_labels, classes, source)
+
+
+def _printable_names(folders: list[str], where: Path) -> dict[str, str]:
+    """Class names from folder names; bytes that are not UTF-8 (kept by Python as surrogates, which
+    JSON and fonts cannot show) become U+FFFD, with a suffix where two names would then collide."""
+    names: dict[str, str] = {}
+    for folder in folders:
+        shown = folder.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        base, n = shown, 2
+        while shown in names.values():
+            shown, n = f"{base}-{n}", n + 1
+        names[folder] = shown
+    changed = [f"{v!r}" for k, v in names.items() if k != v]
+    if changed:
+        warnings.warn(f"{where}: class folder names that are not UTF-8 were shown as {', '.join(changed[:5])}",
+                      stacklevel=4)
+    return names
 
 
 def _layout(tree: Tree) -> tuple[dict[str, list[tuple[str, str]]], bool, list[str]]:
@@ -522,7 +573,8 @@ def _holdout_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def _decode_all(
-    tree: Tree, keys: list[str], where: Path, size: tuple[int, int] | None, progress: Progress
+    tree: Tree, keys: list[str], where: Path, size: tuple[int, int] | None, progress: Progress,
+    modes: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Decode images to (N, C, H, W) uint8; skip what PIL cannot read; enforce one size unless `size`."""
     pixels: list[np.ndarray] = []
@@ -533,7 +585,7 @@ def _decode_all(
         if i % PROGRESS_EVERY == 0:
             progress("decoding images", i, len(keys))
         # grayscale stays L and everything else becomes RGB; L is widened later if any is RGB
-        arr = decode_image(_read(tree[key]), size=size)
+        arr = decode_image(_read(tree[key]), size=size, name=f"{where}:{key}", modes=modes)
         if arr is None:
             bad.append(key)
             continue
@@ -558,21 +610,34 @@ def _decode_all(
     return _stack(pixels), decoded
 
 
-def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray | None:
-    """An encoded image file's pixels as image_array gives them, or None when PIL cannot read it."""
+def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] | None = None,
+                 name: str = "image", modes: dict[str, int] | None = None) -> np.ndarray | None:
+    """An encoded image file's pixels as image_array gives them, or None when PIL cannot read it.
+    Refused, naming `name`: more than MAX_PIXELS pixels, or a mode whose values cannot be mapped to
+    8 bits. `modes` counts the images converted from modes other than L and RGB."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            return image_array(im, channels, size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            if im.width * im.height > MAX_PIXELS:
+                raise DataError(f"{name}: {im.width}x{im.height} = {im.width * im.height:,} pixels is over clt's "
+                                f"limit of {MAX_PIXELS:,} pixels per image", "downscale or remove it")
+            if modes is not None and im.mode not in ("L", "RGB"):
+                modes[im.mode] = modes.get(im.mode, 0) + 1
+            return image_array(im, channels, size, name)
+    except Image.DecompressionBombError:
+        raise DataError(f"{name}: over PIL's decompression-bomb limit (far over clt's {MAX_PIXELS:,} pixels per "
+                        "image)", "downscale or remove it") from None
+    except (OSError, SyntaxError, ValueError):
         return None
 
 
-def image_array(im, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+def image_array(im, channels: int | None = None, size: tuple[int, int] | None = None,
+                name: str = "image") -> np.ndarray:
     """One PIL image as clt stores images: uint8 (H, W) for L or (H, W, 3) for RGB, resized
     bilinearly to `size` (H, W) when given. `channels` 1 or 3 forces L or RGB; None keeps
-    grayscale modes as L and turns every other mode into RGB. Shared by `clt download` and
+    grayscale modes as L and turns every other mode into RGB. 16-bit, 32-bit and float images are
+    scaled by their real range (PIL's own convert clips them). Shared by `clt download` and
     `Encoder.embed`, so an image reaches an encoder exactly as its training images did.
 
     Example: image_array(Image.new("RGB", (40, 30)), channels=1, size=(28, 28)).shape == (28, 28)
@@ -580,6 +645,8 @@ def image_array(im, channels: int | None = None, size: tuple[int, int] | None = 
     from PIL import Image, ImageOps
 
     im = ImageOps.exif_transpose(im)  # a phone photo's pixels are stored sideways; EXIF says how to turn them
+    if im.mode in WIDE_MODES:
+        im = Image.fromarray(_to_eight_bits(np.asarray(im), im.mode, name), "L")
     if channels is None:
         mode = "L" if im.mode in GRAYSCALE_MODES else "RGB"
     else:
@@ -588,6 +655,29 @@ def image_array(im, channels: int | None = None, size: tuple[int, int] | None = 
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(im)
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_eight_bits(values: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """Wide grayscale values mapped to 0-255 by what they hold: 16-bit ranges 0-65535, floats 0-1
+    (or already 0-255), 32-bit integers 0-255 or 0-65535. Anything else is refused by name."""
+    values = values.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not np.isfinite(values).all() or low < 0:
+        raise DataError(f"{name}: a {mode} image with values {low:g}..{high:g} (negative or not finite) has no "
+                        "8-bit reading", "convert it to 8-bit grayscale or RGB first")
+    if mode.startswith("I;16") or (mode == "I" and 255 < high <= 65535):
+        scale = 255 / 65535
+    elif mode == "F" and high <= 1:
+        scale = 255.0
+    elif high <= 255:
+        scale = 1.0
+    else:
+        raise DataError(f"{name}: a {mode} image with values up to {high:g} has no 8-bit reading",
+                        "convert it to 8-bit grayscale or RGB first")
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
 def _stack(pixels: list[np.ndarray]) -> np.ndarray:

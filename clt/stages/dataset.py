@@ -8,7 +8,7 @@ from typing import Any
 
 from clt.errors import DataError, did_you_mean
 from clt.stages.context import Context, Outcome
-from clt.store import Artifact
+from clt.store import Artifact, Store
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -33,6 +33,8 @@ def download(ctx: Context, name: str, source: str | None = None, size: tuple[int
     info = artifact.manifest["dataset"]
     ctx.report.info(f"dataset {name}: {info['train']} train + {info['test']} test images of shape "
                     f"{tuple(info['shape'])}, {len(info['classes'])} classes")
+    if "converted" in str(info.get("source", "")):
+        ctx.report.info(str(info["source"]))  # how many images came from which other mode
     return Outcome(artifact, cached, {"train": info["train"], "test": info["test"]})
 
 
@@ -71,6 +73,18 @@ def dataset_artifact(ctx: Context, name: str) -> Artifact:
     raise DataError(f"unknown dataset '{name}'",
                     did_you_mean(name, sorted(set(KNOWN_DATASETS) | set(stored)))
                     + "; import your own with `clt download NAME --from FOLDER`")
+
+
+def dataset_of(store: Store, artifact: Artifact) -> Artifact:
+    """The dataset an artifact was trained on; when it has been deleted, a fix naming the download."""
+    dataset_id = artifact.inputs.get("dataset")
+    if isinstance(dataset_id, str) and store.exists(dataset_id):
+        return store.get(dataset_id)
+    recipe = artifact.recipe or {}
+    name = (recipe.get("data") or {}).get("dataset") if isinstance(recipe.get("data"), dict) else None
+    raise DataError(f"{artifact.short}: the dataset it was trained on ({str(dataset_id)[:12]}) is no longer in "
+                    f"the store at '{store.root}'", f"run `clt download {name or 'NAME'}` again (the same source "
+                    "gives the same dataset id)")
 
 
 def load_dataset(artifact: Artifact):

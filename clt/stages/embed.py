@@ -7,7 +7,7 @@ from typing import Any
 
 from clt.errors import CltError
 from clt.stages.context import Context, Outcome, produce
-from clt.stages.dataset import load_dataset
+from clt.stages.dataset import dataset_of, load_dataset
 from clt.stages.weights import load_encoder
 
 
@@ -38,7 +38,7 @@ def embed(ctx: Context, encoder_ref: str | None = None, split: str = "test", pro
         from clt.features import extract_features
 
         device = pick_device(ctx.device)
-        data = load_dataset(ctx.store.get(encoder_art.inputs["dataset"])).to(device)
+        data = load_dataset(dataset_of(ctx.store, encoder_art)).to(device)
         encoder = load_encoder(encoder_art, device)
         part = data.split(split)
         with ctx.report.progress(f"embedding {split}", len(part)) as task:

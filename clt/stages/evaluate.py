@@ -9,7 +9,7 @@ from typing import Any
 
 from clt.errors import CltError, DataError
 from clt.stages.context import Context, Outcome, produce
-from clt.stages.dataset import load_dataset
+from clt.stages.dataset import dataset_of, load_dataset
 from clt.stages.probe import load_probe, stored_recipe
 from clt.stages.weights import load_encoder
 from clt.store import Artifact, Store
@@ -90,7 +90,7 @@ def _build(ctx: Context, target: Artifact, encoder_art: Artifact, options: dict[
     from clt.devices import describe, pick_device
 
     device = pick_device(ctx.device)
-    data_art = ctx.store.get(target.inputs.get("dataset") or encoder_art.inputs["dataset"])
+    data_art = dataset_of(ctx.store, target if target.inputs.get("dataset") else encoder_art)
     data = load_dataset(data_art)
     if not data.labeled or len(data.test) == 0:
         raise DataError(f"dataset '{data.name}' has no labeled test split to evaluate on",

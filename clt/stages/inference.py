@@ -9,19 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from clt.errors import DataError
+from clt.stages.dataset import dataset_of
 from clt.stages.evaluate import encoder_of
 from clt.stages.probe import load_probe
 from clt.stages.weights import load_encoder as load_encoder_module
 from clt.store import Artifact, Store
-
-
-def _dataset_of(store: Store, artifact: Artifact) -> Artifact:
-    dataset_id = artifact.inputs.get("dataset")
-    if not dataset_id or not store.exists(dataset_id):
-        name = (artifact.recipe or {}).get("data", {}).get("dataset", "its dataset")
-        raise DataError(f"{artifact.short}: the dataset it was trained on ({str(dataset_id)[:12]}) is not in the "
-                        f"store, and its normalisation is stored there", f"run `clt download {name}` again")
-    return store.get(dataset_id)
 
 
 class Encoder:
@@ -92,13 +84,13 @@ class Classifier:
 
 def encoder_for(store: Store, artifact: Artifact, device: Any, weights: str = "encoder.safetensors") -> Encoder:
     """The encoder artifact's weights with its dataset's normalisation, on `device`."""
-    return Encoder(artifact, load_encoder_module(artifact, device, weights), _dataset_of(store, artifact), device)
+    return Encoder(artifact, load_encoder_module(artifact, device, weights), dataset_of(store, artifact), device)
 
 
 def classifier_for(store: Store, artifact: Artifact, device: Any) -> Classifier:
     """A probe artifact (or supervised baseline) as a classifier: its encoder and head, on `device`."""
     module, head = load_probe(store, artifact, device)
-    encoder = Encoder(encoder_of(store, artifact), module, _dataset_of(store, artifact), device)
+    encoder = Encoder(encoder_of(store, artifact), module, dataset_of(store, artifact), device)
     return Classifier(encoder, head, artifact.id)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clt.stages.context import Context
-from clt.stages.dataset import load_dataset
+from clt.stages.dataset import dataset_of, load_dataset
 from clt.stages.embed import stored_features
 from clt.stages.evaluate import encoder_of
 from clt.stages.images import read_images
@@ -46,7 +46,7 @@ def _knn_votes(ctx: Context, encoder_art, items: list[str], k: int, device):
     images, names, _ = read_images(ctx, items, encoder)
     queries = torch.from_numpy(encoder.embed(images)).to(device)
     train = stored_features(ctx, encoder_art.id, "train", device)
-    labels = load_dataset(ctx.store.get(encoder_art.inputs["dataset"])).train.labels.to(device)
+    labels = load_dataset(dataset_of(ctx.store, encoder_art)).train.labels.to(device)
     cfg = stored_recipe(encoder_art, []).evaluate
     args = (train, labels, queries, k, len(encoder.classes), cfg.knn_metric, cfg.knn_vote, cfg.knn_temperature)
     voted = metrics.knn_predict(*args).cpu().numpy()

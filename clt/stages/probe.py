@@ -7,7 +7,7 @@ from typing import Any
 
 from clt.errors import DataError
 from clt.stages.context import Context, Outcome, produce
-from clt.stages.dataset import dataset_artifact, load_dataset
+from clt.stages.dataset import dataset_artifact, dataset_of, load_dataset
 from clt.stages.weights import load_encoder, load_weights, save_trained_head
 from clt.store import Artifact, Store
 
@@ -37,7 +37,7 @@ def probe(ctx: Context, encoder_ref: str | None = None, overrides: list[str] = (
     recipe = stored_recipe(encoder_art, list(overrides))
     cfg = recipe.probe
     seed = recipe.seed if seed is None else seed
-    data_art = dataset_artifact(ctx, dataset) if dataset else ctx.store.get(encoder_art.inputs["dataset"])
+    data_art = dataset_artifact(ctx, dataset) if dataset else dataset_of(ctx.store, encoder_art)
     spec = {"stage": "probe", "probe": plain(cfg), "inputs": {"encoder": encoder_art.id, "dataset": data_art.id},
             "seed": seed}
     return produce(ctx, spec, "probe", lambda tmp, _id: _build(ctx, recipe, cfg, encoder_art, data_art, seed, tmp),
