@@ -13,9 +13,12 @@ class LARS(torch.optim.Optimizer):
     2017; Chen et al. 2020), for each parameter tensor w with gradient g:
 
         g <- g + weight_decay * w                      (not for excluded tensors)
-        v <- momentum * v + g
         trust = eta * ||w|| / ||g||  (1 when either norm is 0, or for excluded tensors)
-        w <- w - lr * trust * v
+        v <- momentum * v + lr * trust * g
+        w <- w - v
+
+    (SimCLR's "classic momentum" branch: the trust ratio scales each step's gradient, not the
+    momentum history.)
 
     Biases and batch-norm parameters (every tensor with one dimension) are excluded from both
     the weight decay and the adaptation, as in SimCLR. Example: LARS(model.parameters(), lr=0.3)
@@ -42,16 +45,17 @@ class LARS(torch.optim.Optimizer):
     def _update(self, w: torch.Tensor, group: dict[str, Any]) -> None:
         adapted = w.ndim > 1  # biases and batch-norm scales/shifts keep the plain update
         g = w.grad.add(w, alpha=group["weight_decay"]) if adapted and group["weight_decay"] else w.grad
-        state = self.state[w]
-        velocity = state.get("momentum_buffer")
-        velocity = g.clone() if velocity is None else velocity.mul_(group["momentum"]).add_(g)
-        state["momentum_buffer"] = velocity
         trust = 1.0
         if adapted:
             w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
             ratio = group["eta"] * w_norm / g_norm
             trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
-        w.sub_(velocity * (group["lr"] * trust))
+        step = g * (group["lr"] * trust)
+        state = self.state[w]
+        velocity = state.get("momentum_buffer")
+        velocity = step.clone() if velocity is None else velocity.mul_(group["momentum"]).add_(step)
+        state["momentum_buffer"] = velocity
+        w.sub_(velocity)
 
 
 def make_optimizer(cfg: Any, params, lr: float | None = None) -> torch.optim.Optimizer:

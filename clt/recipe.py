@@ -288,6 +288,8 @@ def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
         raise RecipeError(f"--set '{key}': YAML aliases (*{err}) are not allowed", "write the value out") from None
     except ValueError as err:
         raise RecipeError(f"--set '{key}': the value cannot be read ({err})", "write a smaller number") from None
+    except RecursionError:
+        raise RecipeError(f"--set '{key}': the value is nested too deeply", "flatten the value") from None
     except yaml.YAMLError:
         value = text
     parts = [p for p in key.strip().split(".") if p]

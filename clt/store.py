@@ -160,34 +160,48 @@ class Store:
     def _ensure(self) -> None:
         for sub in ("objects", "tmp", "refs", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        if not (self.root / KEY_FILE).is_file():
+        if self._key() is None:
             self._create_key()
 
     def _key(self) -> bytes | None:
         """The store's secret for manifest signatures; None for a store this clt has never written."""
         if getattr(self, "_cached_key", None) is None:
             try:
-                self._cached_key = bytes.fromhex((self.root / KEY_FILE).read_text().strip())
-            except (OSError, ValueError):
+                key = bytes.fromhex((self.root / KEY_FILE).read_text().strip())
+            except FileNotFoundError:
                 return None
+            except (OSError, ValueError) as err:
+                raise StoreError(f"the store's key {self.root / KEY_FILE} cannot be read ({err})",
+                                 "check its permissions; a key that was edited cannot be repaired") from None
+            if len(key) != 32:
+                raise StoreError(f"the store's key {self.root / KEY_FILE} is not a clt key ({len(key)} bytes)",
+                                 "a key that was edited cannot be repaired: rebuild the store's artifacts")
+            self._cached_key = key
         return self._cached_key
 
     def _create_key(self) -> None:
-        """A random per-store key (mode 0600), then a signature for every intact artifact already
-        there: a store written by an older clt keeps its artifacts."""
-        partial = self.root / f".{KEY_FILE}.{uuid.uuid4().hex[:8]}"
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
-            fh.write(os.urandom(32).hex() + "\n")
-        try:
-            os.link(partial, self.root / KEY_FILE)  # the first writer's key wins; a key is never replaced
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(partial)
-        for artifact_id in self.ids():
-            path = self.object_path(artifact_id)
-            if not (path / MANIFEST_MAC).exists() and _sha256_matches(path):
-                write_atomic(path / MANIFEST_MAC, self._sign((path / MANIFEST).read_bytes()) + "\n")
+        """A random per-store key (mode 0600). An older clt's store has its intact artifacts signed
+        first, under a lock, and the key is published last: a run killed half-way leaves no key, so
+        the next one signs again; nothing is ever refused for a migration that did not finish."""
+        with open(self.root / "locks" / f"{KEY_FILE}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (self.root / KEY_FILE).exists():
+                return
+            if any((self.object_path(i) / MANIFEST_MAC).exists() for i in self.ids()):
+                raise StoreError(f"{self.root / KEY_FILE} is missing, but the store's manifests are signed",
+                                 "restore store.key from a backup; without it the store cannot be trusted")
+            key = os.urandom(32)
+            self._cached_key = key
+            for artifact_id in self.ids():
+                path = self.object_path(artifact_id)
+                if _sha256_matches(path):
+                    write_atomic(path / MANIFEST_MAC, self._sign((path / MANIFEST).read_bytes()) + "\n")
+            partial = self.root / f".{KEY_FILE}.{uuid.uuid4().hex[:8]}"
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(key.hex() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(partial, self.root / KEY_FILE)
 
     def _sign(self, raw: bytes) -> str:
         import hmac
@@ -224,15 +238,21 @@ class Store:
 
         key = self._key()
         if key is None:
+            if (path / MANIFEST_MAC).exists():  # signed, but the key is gone: deleting it must not unlock edits
+                raise StoreError(f"artifact at '{path}' is signed, but {self.root / KEY_FILE} is missing",
+                                 "restore store.key from a backup, or pass --artifacts with the store it belongs to")
             return  # a store no clt with signatures has written to (e.g. read-only): checksums only
         try:
-            signature = (path / MANIFEST_MAC).read_text().strip()
+            signature = (path / MANIFEST_MAC).read_bytes().strip()
         except OSError:
-            signature = ""
-        if not hmac.compare_digest(signature, hmac.new(key, raw, hashlib.sha256).hexdigest()):
+            signature = b""
+        if not hmac.compare_digest(signature, hmac.new(key, raw, hashlib.sha256).hexdigest().encode()):
+            inside = path.resolve().is_relative_to(self.root.resolve())
             raise StoreError(f"artifact at '{path}' is not signed by this store: {MANIFEST} was written or "
-                             "edited outside clt (or copied from another store)",
-                             "delete it with `clt gc --damaged` and run the stage that made it again")
+                             "edited outside clt" + ("" if inside else f", or it belongs to another store than "
+                                                     f"'{self.root}'"),
+                             "delete it with `clt gc --damaged` and run the stage that made it again" if inside
+                             else "pass --artifacts with the store it belongs to")
 
     def all(self) -> list[Artifact]:
         """Every finished artifact, oldest first (damaged ones skipped: `clt verify` reports them)."""

@@ -95,7 +95,10 @@ def pretrain(
         record = _epoch(loop, epoch, first, resumed_losses if epoch == start_epoch else [])
         loop.result.history.append(record)
         if on_epoch:
+            paused = time.perf_counter()
             on_epoch(record)
+            # what the callback does (the kNN monitor, snapshots) is not training time
+            loop.started += time.perf_counter() - paused
         if checkpointer:
             checkpointer.save(loop.state(epoch + 1, 0, []))
     loop.result.seconds = time.perf_counter() - loop.started

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_sources import cifar_batch, make_cifar_files, make_idx, make_tar, write_files, write_idx
 
+import clt
 from clt.data import sources
 from clt.data.sources import fetch
 from clt.errors import DataError, StoreError
@@ -63,7 +64,7 @@ def test_16_bit_and_float_images_are_scaled_by_their_range_and_counted(tmp_path:
 def test_an_image_with_no_8_bit_reading_is_refused_by_name(tmp_path: Path):
     files = {"a/0.tif": encoded(Image.fromarray(np.full((4, 4), 1000.0, np.float32)), "TIFF"),
              "a/1.png": encoded(Image.new("L", (4, 4)))}
-    with pytest.raises(DataError, match=r"0\.tif.*F image with values up to 1000"):
+    with pytest.raises(DataError, match=r"0\.tif: a F image with values 1000..1000 has no 8-bit reading"):
         fetch("f", source=write_files(tmp_path / "f", files), cache_dir=tmp_path)
 
 
@@ -264,3 +265,62 @@ def test_any_image_bytes_decode_or_are_skipped(raw: bytes):
     except DataError:
         return
     assert out is None or out.shape == (8, 8)
+
+
+# ---------------------------------------------------------------- found in review
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe", "é".encode(), b""])
+def test_a_garbled_signature_is_damage_not_a_crash(store_copy: Trained, garbage: bytes):
+    mac = Store(store_copy.root).object_path(store_copy.probe) / "manifest.hmac"
+    mac.chmod(0o644)
+    mac.write_bytes(garbage)
+    ran = cli(store_copy.root, "verify")
+    assert ran.exit_code == 1 and "1 damaged" in ran.stderr and "internal error" not in ran.stderr
+    cli(store_copy.root, "gc", "--damaged").ok()
+    assert cli(store_copy.root, "verify").exit_code == 0
+
+
+def test_deleting_the_key_of_a_signed_store_does_not_unlock_it(store_copy: Trained):
+    (store_copy.root / "store.key").unlink()
+    assert_named_error(cli(store_copy.root, "show", store_copy.probe), "store.key is missing")
+    assert_named_error(cli(store_copy.root, "evaluate", store_copy.probe), "store.key")  # no new key either
+
+
+def test_gzip_files_of_several_members_are_read_whole(tmp_path: Path):
+    import gzip
+
+    arrays = make_idx(np.random.default_rng(0))
+    paths = write_idx(tmp_path / "idx", arrays, gz=True)
+    raw = gzip.decompress(paths["train_images"].read_bytes())
+    paths["train_images"].write_bytes(gzip.compress(raw[:100]) + gzip.compress(raw[100:]) + bytes(8))
+    data = fetch("mnist", source=tmp_path / "idx", cache_dir=tmp_path)
+    assert (data.train_images[:, 0] == arrays["train_images"]).all()
+
+
+def test_embed_takes_one_chw_image_a_list_of_arrays_and_refuses_floats_past_one(tmp_path: Path):
+    import torch
+
+    from clt.stages.inference import as_image_batch
+
+    one = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    assert tuple(as_image_batch(one, (3, 32, 32)).shape) == (1, 3, 32, 32)
+    assert tuple(as_image_batch([one, one], (3, 32, 32)).shape) == (2, 3, 32, 32)
+    assert tuple(as_image_batch([torch.from_numpy(one)], (3, 32, 32)).shape) == (1, 3, 32, 32)
+    with pytest.raises(DataError, match=r"not in \[0, 1\]"):
+        as_image_batch(one.astype(np.float32), (3, 32, 32))
+
+
+def test_predict_knn_refuses_a_probe_with_its_own_encoder(store_copy: Trained, tmp_path: Path):
+    picture = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(picture)
+    scratch = cli(store_copy.root, "baseline", "scratch", DIGITS, "--epochs", "1").ok().id
+    assert_named_error(cli(store_copy.root, "predict", scratch, str(picture), "--knn", "3"), "--knn votes")
+
+
+def test_approximate_search_drops_the_padding_rows(store_copy: Trained, tmp_path: Path):
+    picture = tmp_path / "x.png"
+    Image.new("L", (8, 8), 40).save(picture)
+    index_id = clt.index(store_copy.encoder, kind="ivf", split="test", store=store_copy.root).id
+    found = clt.search(index_id, [picture], k=360, store=store_copy.root)[0]["neighbours"]
+    assert found and all(n["row"] >= 0 and n["distance"] < 10 for n in found)

@@ -18,8 +18,9 @@ def small_net() -> nn.Module:
 
 def reference_lars(params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, momentum: float,
                    weight_decay: float, eta: float) -> list[torch.Tensor]:
-    """The update rule, one tensor at a time, in float64: for weights w (not biases or batch norm,
-    i.e. tensors of more than one dimension) g += wd * w; v = m * v + g; w -= lr * eta * |w| / |g| * v."""
+    """The update rule of SimCLR's LARS (classic momentum), one tensor at a time, in float64: for
+    weights w (not biases or batch norm, i.e. tensors of more than one dimension) g += wd * w,
+    trust = eta * |w| / |g|; for every tensor v = m * v + lr * trust * g; w -= v."""
     weights = [p.detach().double().clone() for p in params]
     velocities = [torch.zeros_like(w) for w in weights]
     for step_grads in grads:
@@ -28,11 +29,11 @@ def reference_lars(params: list[torch.Tensor], grads: list[list[torch.Tensor]], 
             adapted = w.ndim > 1
             if adapted:
                 g = g + weight_decay * w
-            velocities[i] = momentum * velocities[i] + g
             trust = 1.0
             if adapted and w.norm() > 0 and g.norm() > 0:
                 trust = eta * w.norm() / g.norm()
-            weights[i] = w - lr * trust * velocities[i]
+            velocities[i] = momentum * velocities[i] + lr * trust * g
+            weights[i] = w - velocities[i]
     return weights
 
 

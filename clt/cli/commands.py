@@ -290,6 +290,8 @@ def evaluate(
         for result in results:
             for table in render.evaluation_tables(result.manifest, result.short):
                 console.print(table)
+            if "confusion.png" in result.manifest.get("files", {}):
+                console.print(f"confusion heatmap: {result.file('confusion.png')}", highlight=False, markup=False)
         if len(results) > 1:
             console.print(render.compare_table(_api().compare([r.id for r in results], store=opts["store"])))
         return results

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from clt.data.sources import Tree, decode_image, dir_tree, tar_tree
+from clt.data.sources import Tree, decode_image, dir_tree, read_file, tar_tree
 from clt.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -52,7 +52,7 @@ def decode_for(tree: Tree, in_shape: tuple[int, int, int],
     channels, height, width = in_shape
     pixels, kept, skipped = [], [], []
     for i, (name, value) in enumerate(tree.items()):
-        arr = decode_image(value if isinstance(value, bytes) else value.read_bytes(), channels, (height, width))
+        arr = decode_image(value if isinstance(value, bytes) else read_file(value), channels, (height, width), name)
         if arr is None:
             skipped.append(name)
         else:

@@ -71,6 +71,7 @@ PROGRESS_EVERY = 2000
 # Limits against inputs that are small on disk and huge in memory (decompression bombs): a file
 # or archive member read whole, and the pixels of one decoded image.
 MAX_FILE_BYTES = 256 * 2**20  # MNIST's largest file is 47 MB uncompressed, a CIFAR-10 batch 31 MB
+MAX_ARCHIVE_BYTES = 8 * 2**30  # all members of one archive, held in memory while it is read
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo; PIL itself only warns below 89 million
 
 
@@ -217,26 +218,44 @@ def import_local(name: str, path: Path, *, size: tuple[int, int] | None, progres
 
 
 def _read(value: bytes | Path) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if value.stat().st_size > MAX_FILE_BYTES:
-        raise DataError(f"{value}: {value.stat().st_size:,} bytes is over clt's limit of {MAX_FILE_BYTES:,} bytes "
-                        "for one file", "remove the file, or split it")
-    return value.read_bytes()
+    return value if isinstance(value, bytes) else read_file(value)
+
+
+def read_file(path: Path) -> bytes:
+    """A regular file's bytes, at most MAX_FILE_BYTES (a FIFO or a link to /dev/zero never ends)."""
+    import stat
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path} is not a regular file", "pass image files, folders of them or archives")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror})", "check the path and its permissions") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: more than clt's limit of {MAX_FILE_BYTES:,} bytes for one file",
+                        "remove the file, or split it")
+    return raw
 
 
 def _gunzip(raw: bytes, label: str) -> bytes:
     """gzip-decompressed bytes, refusing more than MAX_FILE_BYTES (a few KB can inflate to gigabytes)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(raw, MAX_FILE_BYTES + 1)
-    except zlib.error as e:
-        raise DataError(f"{label}: truncated or corrupt gzip file ({e})", FROM_HINT) from e
-    if len(out) > MAX_FILE_BYTES:
-        raise DataError(f"{label}: decompresses to more than clt's limit of {MAX_FILE_BYTES:,} bytes", FROM_HINT)
-    if not inflater.eof:
-        raise DataError(f"{label}: truncated or corrupt gzip file (it ends early)", FROM_HINT)
-    return out
+    parts, size = [], 0
+    while raw:  # a gzip file may hold several members, one after another (as gzip.decompress reads them)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(raw, MAX_FILE_BYTES + 1 - size)
+        except zlib.error as e:
+            raise DataError(f"{label}: truncated or corrupt gzip file ({e})", FROM_HINT) from e
+        size += len(part)
+        parts.append(part)
+        if size > MAX_FILE_BYTES or (inflater.unconsumed_tail and not inflater.eof):
+            raise DataError(f"{label}: decompresses to more than clt's limit of {MAX_FILE_BYTES:,} bytes", FROM_HINT)
+        if not inflater.eof:
+            raise DataError(f"{label}: truncated or corrupt gzip file (it ends early)", FROM_HINT)
+        raw = inflater.unused_data.lstrip(b"\0")  # zero padding after the last member, as gzip allows
+    return b"".join(parts)
 
 
 def dir_tree(root: Path) -> Tree:
@@ -273,6 +292,7 @@ def tar_tree(path: Path) -> Tree:
 def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
     tree: Tree = {}
     skipped = []
+    total = 0
     # next() keeps reads sequential, which matters for .gz; TarFile also keeps every member's
     # TarInfo in `members` (~1 KB each, 60 MB for CIFAR-10's 60,000 images): dropped as read
     while (member := tar.next()) is not None:
@@ -287,6 +307,10 @@ def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
             raise DataError(f"tar member {member.name}: {member.size:,} bytes is over clt's limit of "
                             f"{MAX_FILE_BYTES:,} bytes for one file", "remove it from the archive")
         elif not any(p.startswith(".") for p in parts):  # hidden files are debris (._AppleDouble)
+            total += member.size
+            if total > MAX_ARCHIVE_BYTES:
+                raise DataError(f"the archive's members add up to more than clt's limit of {MAX_ARCHIVE_BYTES:,} "
+                                "bytes", "split the archive, or import an extracted folder")
             fileobj = tar.extractfile(member)
             if fileobj is not None:
                 tree["/".join(parts)] = fileobj.read()
@@ -597,7 +621,7 @@ def _decode_all(
             bad.append(key)
             continue
         if out is None:
-            out = np.empty((len(keys), 1 if arr.ndim == 2 else 3, *arr.shape[:2]), dtype=np.uint8)
+            out = _allocate(len(keys), 1 if arr.ndim == 2 else 3, arr.shape[:2], where, key, size)
             first = key
         elif arr.shape[:2] != out.shape[2:]:
             raise DataError(
@@ -618,6 +642,19 @@ def _decode_all(
     if out is None:
         raise DataError(f"{where}: no images found", f"{FROM_HINT}; images go in ROOT/<class>/ or ROOT/")
     return out[:len(decoded)], decoded
+
+
+def _allocate(count: int, channels: int, shape: tuple[int, int], where: Path, key: str,
+              size: tuple[int, int] | None) -> np.ndarray:
+    """The array every image of an import is decoded into; one too large for memory is refused
+    with the fix (large photos of mixed sizes, most often)."""
+    try:
+        return np.empty((count, channels, *shape), dtype=np.uint8)
+    except MemoryError:
+        need = count * channels * shape[0] * shape[1]
+        raise DataError(f"{where}: {count:,} images the size of {key} ({shape[0]}x{shape[1]}) need "
+                        f"{need / 2**30:.1f} GiB", "pass --size HxW to resize every image to a smaller size"
+                        if size is None else "pass a smaller --size") from None
 
 
 def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -650,8 +687,8 @@ def image_array(im, channels: int | None = None, size: tuple[int, int] | None = 
                 name: str = "image") -> np.ndarray:
     """One PIL image as clt stores images: uint8 (H, W) for L or (H, W, 3) for RGB, resized
     bilinearly to `size` (H, W) when given. `channels` 1 or 3 forces L or RGB; None keeps
-    grayscale modes as L and turns every other mode into RGB. 16-bit, 32-bit and float images are
-    scaled by their real range (PIL's own convert clips them). Shared by `clt download` and
+    grayscale modes as L and turns every other mode into RGB. 16-bit and 32-bit integer images are
+    read as 0-65535 and float images as 0-1 (PIL's own convert clips them). Shared by `clt download` and
     `Encoder.embed`, so an image reaches an encoder exactly as its training images did.
 
     Example: image_array(Image.new("RGB", (40, 30)), channels=1, size=(28, 28)).shape == (28, 28)
@@ -675,23 +712,16 @@ WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _to_eight_bits(values: np.ndarray, mode: str, name: str) -> np.ndarray:
-    """Wide grayscale values mapped to 0-255 by what they hold: 16-bit ranges 0-65535, floats 0-1
-    (or already 0-255), 32-bit integers 0-255 or 0-65535. Anything else is refused by name."""
+    """Wide grayscale values mapped to 0-255 by their mode's range: 16- and 32-bit integers are read
+    as 0-65535, floats as 0-1. Values outside it are refused by name."""
     values = values.astype(np.float64)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if not np.isfinite(values).all() or low < 0:
-        raise DataError(f"{name}: a {mode} image with values {low:g}..{high:g} (negative or not finite) has no "
-                        "8-bit reading", "convert it to 8-bit grayscale or RGB first")
-    if mode.startswith("I;16") or (mode == "I" and 255 < high <= 65535):
-        scale = 255 / 65535
-    elif mode == "F" and high <= 1:
-        scale = 255.0
-    elif high <= 255:
-        scale = 1.0
-    else:
-        raise DataError(f"{name}: a {mode} image with values up to {high:g} has no 8-bit reading",
-                        "convert it to 8-bit grayscale or RGB first")
-    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    # one scale per mode, never per image: a dataset's brightness must not depend on each image's maximum
+    top = 1.0 if mode == "F" else 65535.0
+    if not np.isfinite(values).all() or low < 0 or high > top:
+        raise DataError(f"{name}: a {mode} image with values {low:g}..{high:g} has no 8-bit reading (clt reads "
+                        f"{mode} as 0..{top:g})", "convert it to 8-bit grayscale or RGB first")
+    return np.clip(np.rint(values * (255 / top)), 0, 255).astype(np.uint8)
 
 
 def _resize_dataset(data: DatasetArrays, size: tuple[int, int], progress: Progress) -> None:

@@ -22,6 +22,8 @@ def export(ctx: Context, encoder_ref: str | None, fmt: str = "onnx", out: str | 
     """
     if fmt not in SUFFIX:
         raise CltError(f"--format {fmt} is not an export format", f"use one of: {', '.join(SUFFIX)}")
+    if out is not None and Path(out).is_dir():
+        raise CltError(f"--out {out} is a folder", f"name the model file, e.g. {Path(out) / ('encoder' + SUFFIX[fmt])}")
     encoder_art = ctx.store.resolve_named(encoder_ref, ("encoder",), hint="train one first: clt pretrain RECIPE")
     spec = {"stage": "export", "inputs": {"encoder": encoder_art.id}, "format": fmt}
     outcome = produce(ctx, spec, "export", lambda tmp, _id: _build(ctx, encoder_art, fmt, tmp), name=encoder_art.name)

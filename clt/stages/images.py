@@ -37,11 +37,13 @@ def read_images(ctx: Context, items: list[str], encoder: Encoder):
 
 
 def _content(names: list[str], tree) -> str:
+    from clt.data.sources import read_file
+
     digest = hashlib.sha256()
     for name in names:
         value = tree[name]
         digest.update(name.encode("utf-8", "surrogateescape"))
-        digest.update(hashlib.sha256(value if isinstance(value, bytes) else value.read_bytes()).digest())
+        digest.update(hashlib.sha256(value if isinstance(value, bytes) else read_file(value)).digest())
     return digest.hexdigest()
 
 
@@ -54,8 +56,8 @@ def embed_images(ctx: Context, encoder_art: Artifact, items: list[str], out: str
     """
     from clt.devices import pick_device
 
-    if out is not None and not out.lower().endswith(PLAIN_FORMATS):
-        raise CltError(f"--out {out}: unknown format", "name a .npy or .csv file")
+    if out is not None and (not out.lower().endswith(PLAIN_FORMATS) or Path(out).is_dir()):
+        raise CltError(f"--out {out}: not a .npy or .csv file name", "name a .npy or .csv file")
     device = pick_device(ctx.device)
     encoder = encoder_for(ctx.store, encoder_art, device)
     images, names, tree = read_images(ctx, items, encoder)
@@ -95,10 +97,12 @@ def write_plain(path: Path, vectors, names: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     if path.suffix.lower() == ".npy":
+        names_file = path.with_suffix(".paths.txt")
+        names_partial = names_file.with_name(names_file.name + ".partial")
+        names_partial.write_text("".join(f"{n}\n" for n in names), encoding="utf-8", errors="surrogateescape")
         with open(partial, "wb") as fh:
             np.save(fh, vectors)
-        names_file = path.with_suffix(".paths.txt")
-        names_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8", errors="surrogateescape")
+        os.replace(names_partial, names_file)  # both written aside first, then renamed
     else:
         import csv
 

@@ -6,6 +6,7 @@ tensors, PIL images or files, converted as `clt download` converts imported imag
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from clt.errors import DataError
@@ -105,11 +106,15 @@ def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
     import numpy as np
     import torch
 
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, (np.ndarray, torch.Tensor)) for i in images):
+        images = np.stack([np.asarray(i.detach().cpu() if isinstance(i, torch.Tensor) else i) for i in images])
     if isinstance(images, (list, tuple)):
         return _from_pictures(list(images), in_shape)
     tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach()
-    if tensor.dim() == 3:
-        tensor = tensor.unsqueeze(1)
+    if tensor.dim() == 3 and tuple(tensor.shape) == tuple(in_shape) and in_shape[0] != 1:
+        tensor = tensor.unsqueeze(0)  # one (C, H, W) image
+    elif tensor.dim() == 3:
+        tensor = tensor.unsqueeze(1)  # (N, H, W): one channel
     if tensor.dim() == 4 and tuple(tensor.shape[2:]) == tuple(in_shape[1:]):
         tensor = _to_channels(tensor, in_shape[0])
     if tensor.dim() != 4 or tuple(tensor.shape[1:]) != tuple(in_shape):
@@ -119,6 +124,9 @@ def as_image_batch(images: Any, in_shape: tuple[int, int, int]) -> Any:
     if tensor.dtype == torch.uint8:
         return tensor.cpu()
     if tensor.is_floating_point():
+        if tensor.numel() and (float(tensor.min()) < 0 or float(tensor.max()) > 1):
+            raise DataError(f"float images with values {float(tensor.min()):g}..{float(tensor.max()):g} are not in "
+                            "[0, 1]", "divide 8-bit values by 255, or pass them as uint8")
         return tensor.float().cpu()
     if int(tensor.min()) < 0 or int(tensor.max()) > 255:
         raise DataError(f"integer images with values {int(tensor.min())}..{int(tensor.max())} are not 8-bit",
@@ -148,7 +156,7 @@ def _from_pictures(items: list[Any], in_shape: tuple[int, int, int]) -> Any:
     import torch
     from PIL import Image
 
-    from clt.data.sources import image_array
+    from clt.data.sources import decode_image, image_array, read_file
 
     channels, height, width = in_shape
     arrays = []
@@ -156,11 +164,12 @@ def _from_pictures(items: list[Any], in_shape: tuple[int, int, int]) -> Any:
         if isinstance(item, Image.Image):
             arrays.append(image_array(item, channels, (height, width)))
             continue
-        try:
-            with Image.open(item) as im:
-                arrays.append(image_array(im, channels, (height, width)))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"cannot read image '{item}': {err}", "pass readable image files") from None
+        if not isinstance(item, (str, Path)):
+            raise DataError(f"cannot take a {type(item).__name__} as an image", "pass arrays, PIL images or paths")
+        arr = decode_image(read_file(Path(item)), channels, (height, width), str(item))  # clt's pixel limit too
+        if arr is None:
+            raise DataError(f"cannot read image '{item}'", "pass readable image files")
+        arrays.append(arr)
     if not arrays:
         raise DataError("no images given", "pass at least one image")
     stacked = np.stack(arrays)

@@ -41,12 +41,21 @@ def _knn_votes(ctx: Context, encoder_art, items: list[str], k: int, device):
     import torch
 
     from clt import metrics
+    from clt.errors import CltError, DataError
 
+    if encoder_art.kind != "encoder":
+        raise CltError(f"{encoder_art.short} is a {encoder_art.kind} with its own trained encoder: --knn votes among "
+                       "an encoder's stored train embeddings", "pass the encoder, or predict with the probe's head "
+                       "(without --knn)")
+    data_art = dataset_of(ctx.store, encoder_art)
+    if not data_art.manifest["dataset"]["classes"]:
+        raise DataError(f"dataset '{data_art.name}' has no labels, so its neighbours cannot vote on a class",
+                        "use an encoder trained on a labeled dataset")
     encoder = encoder_for(ctx.store, encoder_art, device)
     images, names, _ = read_images(ctx, items, encoder)
     queries = torch.from_numpy(encoder.embed(images)).to(device)
     train = stored_features(ctx, encoder_art.id, "train", device)
-    labels = load_dataset(dataset_of(ctx.store, encoder_art)).train.labels.to(device)
+    labels = load_dataset(data_art).train.labels.to(device)
     cfg = stored_recipe(encoder_art, []).evaluate
     args = (train, labels, queries, k, len(encoder.classes), cfg.knn_metric, cfg.knn_vote, cfg.knn_temperature)
     voted = metrics.knn_predict(*args).cpu().numpy()

@@ -63,7 +63,11 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
 
 
 def _memo_key(raw: dict[str, Any], dataset_id: str) -> str:
-    return address({"memo": "pretrain", "raw": raw, "dataset": dataset_id})
+    section = raw.get("pretrain")
+    lars = isinstance(section, dict) and section.get("optimizer") == "lars"
+    # as in the spec: runs of "lars" from before LARS was written (plain SGD) must not answer for it
+    return address({"memo": "pretrain", "raw": raw, "dataset": dataset_id, **({"optimizer": "layer-wise LARS"}
+                                                                             if lars else {})})
 
 
 def _memo_hit(ctx: Context, raw: dict[str, Any]) -> Outcome | None:

@@ -186,8 +186,10 @@ def search(ctx: Context, index_ref: str | None, items: list[str], k: int = 10, g
     images, names, _ = read_images(ctx, items, encoder)
     distances, rows = index.search(encoder.embed(images), k, encoder_id=encoder.id)
     classes = artifact.manifest.get("classes", [])
+    # an approximate index pads with row -1 when it finds fewer than k candidates: not neighbours
     found = [{"query": name, "neighbours": [_neighbour(index, classes, rank, int(row), float(d))
-                                            for rank, (row, d) in enumerate(zip(row_ids, dists))]}
+                                            for rank, (row, d) in enumerate((r, d) for r, d in zip(row_ids, dists)
+                                                                            if r >= 0)]}
              for name, row_ids, dists in zip(names, rows, distances)]
     if grid:
         _draw_grid(ctx, index, images, found, Path(grid))
@@ -233,13 +235,16 @@ def _neighbour_pictures(ctx: Context, index: SearchIndex, rows: list[int], shape
         encoder = ctx.store.get(index.encoder_id)
         data = load_dataset(dataset_of(ctx.store, encoder))
         return data.split(index.info["split"]).images[rows].numpy()
-    from clt.data.sources import decode_image
+    from clt.data.sources import decode_image, read_file
 
     out = np.zeros((len(rows), *shape), np.uint8)
     for i, row in enumerate(rows):
         name = index.paths[row] if index.paths else None
         if name and Path(name).is_file():  # members of a tarball stay blank: no archive is reread per cell
-            arr = decode_image(Path(name).read_bytes(), shape[0], tuple(shape[1:]))
+            try:
+                arr = decode_image(read_file(Path(name)), shape[0], tuple(shape[1:]), name)
+            except CltError:
+                continue
             if arr is not None:
                 out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return out
