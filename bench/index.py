@@ -2,7 +2,7 @@
 
     python bench/index.py                                            # 1,000,000 × 128, random and real
     python bench/index.py --real-embeddings emb.npy --data real      # real vectors only
-    python bench/index.py --n 20000 --queries 200 --data random --out /tmp/index_small
+    python bench/index.py --n 20000 --queries 200 --data random --out index_small
 
 Each dataset is searched exactly (clt.metrics.nearest_neighbours, its default chunks, --threads
 threads), which gives the queries/s to beat and the true top-k. Then a sweep of approximate

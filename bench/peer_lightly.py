@@ -2,9 +2,9 @@
 
 lightly (not a dependency of clt) goes into a bench-only folder, for example:
 
-    pip install --no-deps --target /tmp/lightly_env lightly hydra-core omegaconf \\
+    pip install --no-deps --target ../lightly_env lightly hydra-core omegaconf \\
         antlr4-python3-runtime tqdm pytorch_lightning lightning_utilities torchmetrics
-    PYTHONPATH=/tmp/lightly_env python bench/peer_lightly.py --artifacts STORE --steps 6
+    PYTHONPATH=../lightly_env python bench/peer_lightly.py --artifacts STORE --steps 6
 
 Both train torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 first convolution, no
 max-pool) and a 512-512-128 projection head (lightly's with batch norm) with NT-Xent at temperature 0.5, SGD (lr 0.3,
@@ -116,9 +116,11 @@ def write(figures: dict, args) -> None:
         rows.append(f"| clt `pretrain` of cifar10_simclr_r18, {run['precision']} | {run['views_per_s']} | "
                     f"{run['views_per_s'] / lightly_vps:.2f} | batches augmented on the device | {run['peak_mib']} |")
     command = "python bench/peer_lightly.py " + " ".join(sys.argv[1:])
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "cpu")
     text = "\n".join(["| loop | views/s | × lightly | data | process peak MiB after it |", "|---|---|---|---|---|",
                       *rows]) + f"\n\nCommand: `{command}` (ResNet-18 CIFAR stem, batch {args.batch}, "\
-        f"{args.steps} steps each, the first one left out of lightly's rate).\n"
+        f"{args.steps} steps each, the first one left out of lightly's rate), on {cpu}.\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "peer_lightly.md").write_text(text)
     (RESULTS / "peer_lightly.json").write_text(json.dumps({**figures, "command": command}, indent=1))

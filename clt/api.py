@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clt import stages
-from clt.errors import CltError, StoreError
+from clt.errors import CltError, DataError
 from clt.stages import Context, ProgressEvent, Reporter
 from clt.stages.context import ProgressCallback
 from clt.stages.inference import Classifier, Encoder, classifier_for, encoder_for
@@ -336,12 +336,8 @@ def load_dataset(ref_or_name: str, store: StoreLike = None) -> Any:
     Example: clt.load_dataset("digits").test.images.shape == (360, 1, 8, 8)
     """
     opened = open_store(store)
-    found = opened.read_ref(f"dataset/{ref_or_name}")
-    if found and opened.exists(found):
-        return stages.load_dataset(opened.get(found))
-    if ref_or_name == "digits":
-        return stages.load_dataset(stages.dataset_artifact(Context(opened), "digits"))
     try:
-        return stages.load_dataset(opened.resolve(ref_or_name, ("dataset",)))
-    except StoreError:
-        return stages.load_dataset(stages.dataset_artifact(Context(opened), ref_or_name))
+        artifact = stages.dataset_artifact(Context(opened), ref_or_name)  # a name (digits is imported on first use)
+    except DataError:
+        artifact = opened.resolve(ref_or_name, ("dataset",))  # an id, a prefix or a path
+    return stages.load_dataset(artifact)

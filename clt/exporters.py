@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import secrets
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clt.atomic import written_aside
 from clt.errors import CltError
 from clt.version import __version__
 
@@ -79,18 +78,6 @@ def _check_inputs(in_shape: Sequence[int], mean: Sequence[float], std: Sequence[
     if not path.parent.is_dir():
         raise CltError(f"folder {path.parent} does not exist", f"create it first: mkdir -p {path.parent}")
     return channels, int(in_shape[1]), int(in_shape[2])
-
-
-@contextmanager
-def _temporary_beside(path: Path) -> Iterator[Path]:
-    """A fresh temporary name in path's folder (so os.replace is a same-filesystem rename);
-    removed if the block fails before the caller moves it into place."""
-    # a name only, not mkstemp's file: the writer creates it, so it gets the umask's mode, not 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -153,13 +140,12 @@ def export_encoder(module: nn.Module, in_shape: Sequence[int], mean: Sequence[fl
                "channels": channels, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
                "clt_version": __version__}
     side = sidecar_path(path)
-    with _temporary_beside(path) as model_tmp, _temporary_beside(side) as side_tmp:
+    # the inner block is renamed into place first: the model, so a sidecar never describes a file
+    # that is not there yet
+    with written_aside(side) as side_tmp, written_aside(path) as model_tmp:
         with torch.no_grad():
             (_export_onnx if fmt == "onnx" else _export_torchscript)(wrapped, example, model_tmp)
         side_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-        # model first: a sidecar never describes a file that is not there yet
-        os.replace(model_tmp, path)
-        os.replace(side_tmp, side)
     return sidecar
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from clt.atomic import written_aside
 from clt.errors import CltError
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.inference import encoder_for
@@ -53,6 +54,5 @@ def _copy_out(artifact: Artifact, fmt: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for source, target in ((artifact.file(f"encoder{SUFFIX[fmt]}"), out),
                            (artifact.file("encoder.json"), sidecar_path(out))):
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, partial)
-        partial.replace(target)
+        with written_aside(target) as partial:
+            shutil.copyfile(source, partial)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
+from clt.atomic import written_aside
 from clt.errors import CltError, DataError
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.inference import Encoder, encoder_for
@@ -91,24 +91,21 @@ def _write_artifact(tmp: Path, vectors, names: list[str], encoder: Encoder) -> d
 
 
 def write_plain(path: Path, vectors, names: list[str]) -> Path:
-    """Vectors as a plain file, written aside then renamed (a killed run leaves no half file)."""
+    """Vectors as a plain file, written aside then renamed (a killed run leaves no half file): .npy
+    with its row names in FILE.paths.txt, or .csv with the name first on each row."""
+    import csv
+
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    rows = "".join(f"{n}\n" for n in names)
     if path.suffix.lower() == ".npy":
-        names_file = path.with_suffix(".paths.txt")
-        names_partial = names_file.with_name(names_file.name + ".partial")
-        names_partial.write_text("".join(f"{n}\n" for n in names), encoding="utf-8", errors="surrogateescape")
-        with open(partial, "wb") as fh:
-            np.save(fh, vectors)
-        os.replace(names_partial, names_file)  # both written aside first, then renamed
-    else:
-        import csv
-
-        with open(partial, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", *[f"e{i}" for i in range(vectors.shape[1])]])
-            writer.writerows([name, *(f"{v:.7g}" for v in row)] for name, row in zip(names, vectors))
-    os.replace(partial, path)
+        with written_aside(path.with_suffix(".paths.txt")) as names_file, written_aside(path) as partial:
+            names_file.write_text(rows, encoding="utf-8", errors="surrogateescape")
+            np.save(partial, vectors)
+        return path
+    with written_aside(path) as partial, open(partial, "w", newline="", encoding="utf-8",
+                                              errors="surrogateescape") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", *[f"e{i}" for i in range(vectors.shape[1])]])
+        writer.writerows([name, *(f"{v:.7g}" for v in row)] for name, row in zip(names, vectors))
     return path

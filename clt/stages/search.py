@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clt.atomic import written_aside
 from clt.errors import CltError, StoreError
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.embed import embed
@@ -215,11 +216,9 @@ def _draw_grid(ctx: Context, index: SearchIndex, queries, found: list[dict[str, 
         rows.append(np.concatenate([query[None], pictures[at:at + count]]).astype(np.float32) / 255)
         captions.append(["query"] + [f"{n['class'] or n['row']} {n['distance']:.2g}" for n in result["neighbours"]])
         at += count
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix or '.png'}")
-    plots.image_grid(rows, partial, [f["query"][-40:] for f in found], f"nearest of {len(found)} queries",
-                     cell_titles=captions)
-    partial.replace(path)
+    with written_aside(path if path.suffix else path.with_suffix(".png")) as partial:
+        plots.image_grid(rows, partial, [f["query"][-40:] for f in found], f"nearest of {len(found)} queries",
+                         cell_titles=captions)
     ctx.report.info(f"picture: {path}")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from clt.atomic import written_aside
 from clt.errors import StoreError
 from clt.store import Artifact
 
@@ -35,9 +35,8 @@ def save_trained_head(tmp: Path, head, history: list[dict[str, Any]], title: str
 
 def save_module_atomic(module, path: Path) -> None:
     """As save_module, but a reader never sees a half-written file: written aside, then renamed."""
-    partial = path.with_name(path.name + ".partial")
-    save_module(module, partial)
-    os.replace(partial, path)
+    with written_aside(path) as partial:
+        save_module(module, partial)
 
 
 def load_encoder(artifact: Artifact, device, weights_file: str = "encoder.safetensors") -> Any:
