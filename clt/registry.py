@@ -67,7 +67,8 @@ class EncoderEntry:
 @dataclass
 class ObjectiveEntry:
     name: str
-    loss: Callable[..., Any]  # loss(embeddings, labels, params) -> scalar tensor
+    # loss(embeddings, labels, params) -> scalar tensor; with reads_views, loss(ViewOutputs, params)
+    loss: Callable[..., Any]
     params: type = NoParams
     views: int = 1  # augmented views per image the loss needs (SimCLR: 2)
     uses_labels: bool = True
@@ -78,6 +79,11 @@ class ObjectiveEntry:
     score: Callable[..., Any] | None = None
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    reads_views: bool = False  # the loss takes clt.methods.ViewOutputs (predictor, target, queue)
+    predictor: bool = False  # a predictor head on the projections (params.predictor_hidden; 0: none)
+    target: bool = False  # a momentum (EMA) target network (params.momentum, momentum_schedule)
+    queue: str | None = None  # rows kept across steps, from "target" or "online" (params.queue_size)
+    gather: bool = True  # with several processes, the loss sees every rank's rows
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder", ("clt.models",))
@@ -93,10 +99,12 @@ def register_encoder(name: str, params: type = NoParams):
 
 
 def register_objective(name: str, params: type = NoParams, *, views: int = 1, uses_labels: bool = True,
-                       verify: Callable[..., Any] | None = None, score: Callable[..., Any] | None = None):
+                       verify: Callable[..., Any] | None = None, score: Callable[..., Any] | None = None,
+                       **method: Any):
+    """`method`: reads_views, predictor, target, queue, gather (see ObjectiveEntry)."""
     def deco(fn):
         OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, score,
-                                            _first_line(fn.__doc__)))
+                                            _first_line(fn.__doc__), **method))
         return fn
 
     return deco

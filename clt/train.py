@@ -19,6 +19,7 @@ from torch import nn
 from clt.data.memory import ImageData
 from clt.devices import autocast
 from clt.errors import TrainingError
+from clt.methods import MethodParts, ViewOutputs
 from clt.optim import make_optimizer, make_scheduler
 from clt.registry import ObjectiveEntry
 
@@ -84,10 +85,12 @@ def pretrain(
     """Train `model` (encoder plus optional projection) in place with `objective`."""
     _check_fits(objective, data, cfg)
     steps = len(data.train) // cfg.batch_size
-    optimizer = make_optimizer(cfg, model.parameters())
+    parts = MethodParts(objective, params, model, output_dim(model) if objective.reads_views else 0, seed).to(device)
+    optimizer = make_optimizer(cfg, [*model.parameters(), *parts.trained_parameters()])
     loop = _Loop(model, distributed.wrap(model) if distributed else model, objective, params, data, cfg, device,
                  precision, seed, augment, distributed, optimizer, make_scheduler(cfg, optimizer, steps),
-                 torch.amp.GradScaler(device.type) if precision == "fp16" else None, steps, on_step, checkpointer)
+                 torch.amp.GradScaler(device.type) if precision == "fp16" else None, steps, on_step, checkpointer,
+                 parts)
     start_epoch, start_step, resumed_losses = _resume(loop)
     for epoch in range(start_epoch, cfg.epochs):
         first = start_step if epoch == start_epoch else 0
@@ -103,6 +106,16 @@ def pretrain(
             checkpointer.save(loop.state(epoch + 1, 0, []))
     loop.result.seconds = time.perf_counter() - loop.started
     return loop.result
+
+
+def output_dim(model: nn.Module) -> int:
+    """Width of what `model` outputs: an encoder's out_dim, or its projection head's."""
+    if hasattr(model, "out_dim"):
+        return model.out_dim
+    if isinstance(model, nn.Sequential) and hasattr(model[-1], "out_dim"):
+        return model[-1].out_dim
+    raise TrainingError(f"{type(model).__name__} has no out_dim, which a predictor or queue needs",
+                        "give the encoder (or its last module) an out_dim attribute")
 
 
 def _check_fits(objective: ObjectiveEntry, data: ImageData, cfg: PretrainConfig) -> None:
@@ -144,6 +157,7 @@ class _Loop:
     steps: int
     on_step: Callable[[StepReport], None] | None
     checkpointer: Checkpointer | None
+    parts: MethodParts
     result: TrainResult = field(default_factory=TrainResult)
     started: float = 0.0
 
@@ -156,8 +170,9 @@ class _Loop:
         return self.distributed.rank if self.distributed else 0
 
     def state(self, epoch: int, step: int, losses: list) -> dict[str, Any]:
-        return _state(self.model, self.optimizer, self.scheduler, epoch, step, self.result.history,
-                      time.perf_counter() - self.started, losses, self.result.images_seen)
+        state = _state(self.model, self.optimizer, self.scheduler, epoch, step, self.result.history,
+                       time.perf_counter() - self.started, losses, self.result.images_seen)
+        return {**state, "method": self.parts.state_dict()}  # predictor, momentum target, queue
 
 
 def _resume(loop: _Loop) -> tuple[int, int, list[float]]:
@@ -169,6 +184,8 @@ def _resume(loop: _Loop) -> tuple[int, int, list[float]]:
     loop.model.load_state_dict(state["model"])
     loop.optimizer.load_state_dict(state["optimizer"])
     loop.scheduler.load_state_dict(state["scheduler"])
+    if "method" in state:
+        loop.parts.load_state_dict(state["method"])
     loop.result.history = state["history"]
     loop.result.images_seen = int(state.get("images_seen", 0))
     loop.result.resumed_from = state["epoch"] * loop.steps + state["step"]
@@ -217,10 +234,15 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         x = downscale(x, side)
     with autocast(loop.device, loop.precision):
         z = loop.forward(x)
-    if loop.distributed:
-        z, y = loop.distributed.gather(z.float(), loop.objective.views), \
-            loop.distributed.gather_labels(y, loop.objective.views)
-    loss = loop.objective.loss(z.float(), y, loop.params)
+        out = loop.parts.outputs(z, y, x) if loop.objective.reads_views else None
+    if out is not None:
+        out = _gathered(loop, out)
+        z, loss = out.z, loop.objective.loss(out, loop.params)
+    else:
+        if loop.distributed:
+            z, y = loop.distributed.gather(z.float(), loop.objective.views), \
+                loop.distributed.gather_labels(y, loop.objective.views)
+        loss = loop.objective.loss(z.float(), y, loop.params)
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
@@ -235,8 +257,23 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         loss.backward()
         loop.optimizer.step()
     loop.scheduler.step()
+    if out is not None:
+        # objectives that do not gather see only this rank's rows: the queue takes every rank's
+        gather = loop.distributed.gather if loop.distributed and not loop.objective.gather else None
+        loop.parts.after_step(loop.model, out, global_step + 1, loop.cfg.epochs * loop.steps, gather)
     loop.result.images_seen += len(x) * world
     return loss.detach(), z.detach()
+
+
+def _gathered(loop: _Loop, out: ViewOutputs) -> ViewOutputs:
+    """Every rank's rows, view by view, for objectives that compute over the global batch."""
+    if not (loop.distributed and loop.objective.gather):
+        return out
+    views, gather = loop.objective.views, loop.distributed.gather
+    return ViewOutputs(gather(out.z.float(), views), loop.distributed.gather_labels(out.labels, views),
+                       p=gather(out.p.float(), views) if out.p is not None else None,
+                       target=gather(out.target.float(), views) if out.target is not None else None,
+                       queue=out.queue)
 
 
 def epoch_side(cfg: PretrainConfig, epoch: int, full: int) -> int:

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from clt.methods import ViewOutputs
 from clt.objectives.mining import TRIPLET_MINERS, squared_distances
 from clt.registry import OBJECTIVES
 
@@ -541,15 +542,26 @@ def test_every_objective_gives_finite_loss_and_gradients(name, dtype):
     image_labels = torch.arange(n) % 3  # three classes, every class at least twice
     labels = image_labels.repeat(entry.views)
     x = leaf(n * entry.views, 16, 0, dtype=dtype)
-    loss = entry.loss(x, labels, params)
+    # view objectives: the gradient reaches the projections through z, or through the predictor p
+    trained = leaf(n * entry.views, 16, 3, dtype=dtype) if entry.predictor else x
+
+    def loss_at(lab):
+        if not entry.reads_views:
+            return entry.loss(x, lab, params)
+        out = ViewOutputs(x, lab, p=trained if entry.predictor else None,
+                          target=leaf(n * entry.views, 16, 1, dtype=dtype).detach() if entry.target else None,
+                          queue=leaf(20, 16, 2, dtype=dtype).detach() if entry.queue else None)
+        return entry.loss(out, params)
+
+    loss = loss_at(labels)
     assert loss.ndim == 0
     assert torch.isfinite(loss)
     loss.backward()
-    assert x.grad is not None and x.grad.shape == x.shape
-    assert torch.isfinite(x.grad).all()
-    assert x.grad.abs().sum() > 0
+    assert trained.grad is not None and trained.grad.shape == trained.shape
+    assert torch.isfinite(trained.grad).all()
+    assert trained.grad.abs().sum() > 0
     if not entry.uses_labels:
-        torch.testing.assert_close(entry.loss(x.detach(), torch.zeros_like(labels), params), loss.detach())
+        torch.testing.assert_close(loss_at(torch.zeros_like(labels)), loss.detach())
 
 
 @pytest.mark.parametrize("mining", sorted(TRIPLET_MINERS))

@@ -7,4 +7,5 @@ Importing this package registers every objective. Pair and triplet selection liv
 # numpy first: torch imports it from C++ and swallows any error there, a Ctrl-C included
 import numpy  # noqa: F401, I001
 
-from clt.objectives import cosine_pair, ntxent, pair, supcon, triplet  # noqa: F401  (registers)
+from clt.objectives import (  # noqa: F401  (registers)
+    barlow_twins, byol, cosine_pair, moco, nnclr, ntxent, pair, simsiam, supcon, triplet, vicreg)

@@ -1,0 +1,44 @@
+"""NNCLR (Dwibedi et al. 2021): a view's nearest neighbour in a support set is the positive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clt.registry import register_objective
+
+
+@dataclass
+class NNCLRParams:
+    temperature: float = 0.1
+    queue_size: int = 4096  # the support set
+    predictor_hidden: int = 512
+
+    def check(self) -> str | None:
+        if self.temperature <= 0:
+            return f"temperature = {self.temperature} must be > 0"
+        return None if self.queue_size >= 1 else f"queue_size = {self.queue_size} must be >= 1"
+
+
+def nearest_neighbour(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Row by row, the support row of highest cosine similarity (no gradient flows through it)."""
+    similarity = F.normalize(z.detach().float(), dim=1) @ F.normalize(support.float(), dim=1).T
+    return support[similarity.argmax(1)].detach()
+
+
+def nn_info_nce(neighbours: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row i of `neighbours` against all predictions, the positive being prediction i (paper's Eq. 2)."""
+    logits = F.normalize(neighbours.float(), dim=1) @ F.normalize(p.float(), dim=1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+
+
+@register_objective("nnclr", NNCLRParams, views=2, uses_labels=False, reads_views=True, predictor=True,
+                    queue="online")
+def nnclr_loss(out, params: NNCLRParams) -> torch.Tensor:
+    """Symmetrised: NN(z1) against the predictions of view 2, and NN(z2) against those of view 1."""
+    z1, z2 = out.halves("z")
+    p1, p2 = out.halves("p") if out.p is not None else (z1, z2)
+    return (nn_info_nce(nearest_neighbour(z1, out.queue), p2, params.temperature)
+            + nn_info_nce(nearest_neighbour(z2, out.queue), p1, params.temperature)) / 2

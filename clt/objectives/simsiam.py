@@ -1,0 +1,32 @@
+"""SimSiam (Chen & He 2021): BYOL without a momentum target; the stop-gradient prevents collapse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clt.registry import register_objective
+
+
+@dataclass
+class SimSiamParams:
+    predictor_hidden: int = 128  # the paper's bottleneck: a quarter of the projection width; 0: none
+
+    def check(self) -> str | None:
+        return None if self.predictor_hidden >= 0 else f"predictor_hidden = {self.predictor_hidden} must be >= 0"
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = −cos(p, stopgrad(z)), averaged over rows."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+
+
+@register_objective("simsiam", SimSiamParams, views=2, uses_labels=False, reads_views=True, predictor=True,
+                    gather=False)
+def simsiam_loss(out, params: SimSiamParams) -> torch.Tensor:
+    """D(p1, z2)/2 + D(p2, z1)/2; without a predictor (predictor_hidden 0) p is z, which collapses."""
+    z1, z2 = out.halves("z")
+    p1, p2 = out.halves("p") if out.p is not None else (z1, z2)
+    return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2

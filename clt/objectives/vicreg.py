@@ -1,0 +1,47 @@
+"""VICReg (Bardes et al. 2022): invariance, a variance hinge per dimension, and decorrelation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clt.registry import register_objective
+
+
+@dataclass
+class VICRegParams:
+    invariance: float = 25.0  # λ
+    variance: float = 25.0  # μ
+    covariance: float = 1.0  # ν
+    eps: float = 1e-4
+
+    def check(self) -> str | None:
+        bad = [name for name in ("invariance", "variance", "covariance", "eps") if getattr(self, name) < 0]
+        return f"{', '.join(bad)} must be >= 0" if bad else None
+
+
+def variance_hinge(z: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.relu(1 - torch.sqrt(z.var(0) + eps)).mean()
+
+
+def covariance_penalty(z: torch.Tensor) -> torch.Tensor:
+    """Σ of squared off-diagonal covariances, divided by D."""
+    z = z - z.mean(0)
+    cov = z.T @ z / (z.shape[0] - 1)
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / z.shape[1]
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, params: VICRegParams) -> torch.Tensor:
+    z1, z2 = z1.float(), z2.float()
+    return (params.invariance * F.mse_loss(z1, z2)
+            + params.variance * (variance_hinge(z1, params.eps) + variance_hinge(z2, params.eps)) / 2
+            + params.covariance * (covariance_penalty(z1) + covariance_penalty(z2)))
+
+
+@register_objective("vicreg", VICRegParams, views=2, uses_labels=False, reads_views=True)
+def vicreg_loss(out, params: VICRegParams) -> torch.Tensor:
+    """The paper's weights 25 / 25 / 1; statistics over the global batch with several processes."""
+    z1, z2 = out.halves("z")
+    return vicreg(z1, z2, params)

@@ -1,0 +1,235 @@
+"""The view-based objectives (MoCo v2, BYOL, SimSiam, Barlow Twins, VICReg, NNCLR) and their machinery.
+
+Each loss is checked against a plain per-row / per-entry loop written from its paper, and
+against lightly's loss of the same name when lightly can be imported (a bench-only install:
+`pip install --no-deps --target DIR lightly`, then PYTHONPATH=DIR)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from clt.methods import FeatureQueue, MethodParts, ViewOutputs, momentum_at
+from clt.objectives.barlow_twins import barlow_twins
+from clt.objectives.moco import info_nce
+from clt.objectives.vicreg import VICRegParams, vicreg
+from clt.recipe import PretrainConfig
+from clt.registry import OBJECTIVES
+from clt.train import pretrain
+from tests.test_train import _images
+
+VIEW_OBJECTIVES = ["moco", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr"]
+HAS_LIGHTLY = importlib.util.find_spec("lightly") is not None
+
+
+def _random(n: int = 12, d: int = 6, seed: int = 0, grad: bool = True) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).requires_grad_(grad)
+
+
+def _cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / torch.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def _grads_equal(loss_a, loss_b, inputs):
+    for ga, gb in zip( torch.autograd.grad(loss_a, inputs, retain_graph=True),
+                         torch.autograd.grad(loss_b, inputs, retain_graph=True)):
+        torch.testing.assert_close(ga.double(), gb.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_moco_info_nce_matches_the_papers_per_query_loop():
+    q, k, queue = _random(5, 4, 0), _random(5, 4, 1), _random(7, 4, 2)
+    t = 0.2
+    loop = 0
+    for i in range(5):
+        positive = torch.exp(_cos(q[i], k[i]) / t)
+        negatives = sum(torch.exp(_cos(q[i], queue[j]) / t) for j in range(7))
+        loop -= torch.log(positive / (positive + negatives))
+    torch.testing.assert_close(info_nce(q, k, queue, t).double(), loop / 5)
+
+
+def test_barlow_twins_matches_the_papers_double_sum():
+    z1, z2 = _random(16, 5, 0), _random(16, 5, 1)
+    n1 = (z1 - z1.mean(0)) / torch.sqrt(z1.var(0, unbiased=False) + 1e-5)
+    n2 = (z2 - z2.mean(0)) / torch.sqrt(z2.var(0, unbiased=False) + 1e-5)
+    loop = 0
+    for i in range(5):
+        for j in range(5):
+            c = sum(n1[b, i] * n2[b, j] for b in range(16)) / 16
+            loop = loop + ((1 - c) ** 2 if i == j else 0.0051 * c ** 2)
+    value = barlow_twins(z1, z2, 0.0051)
+    torch.testing.assert_close(value.double(), loop)
+    _grads_equal(value, loop, [z1, z2])
+
+
+def test_vicreg_matches_the_papers_three_terms_written_out():
+    z1, z2 = _random(10, 4, 0), _random(10, 4, 1)
+    n, d = 10, 4
+    invariance = sum((z1[b, i] - z2[b, i]) ** 2 for b in range(n) for i in range(d)) / (n * d)
+
+    def variance(z):
+        return sum(max(0.0, 1 - math.sqrt(float(z[:, i].detach().var()) + 1e-4)) for i in range(d)) / d
+
+    def covariance(z):
+        c = z - z.mean(0)
+        return sum((sum(c[b, i] * c[b, j] for b in range(n)) / (n - 1)) ** 2
+                   for i in range(d) for j in range(d) if i != j) / d
+
+    loop = 25 * invariance + 25 * (variance(z1) + variance(z2)) / 2 + covariance(z1) + covariance(z2)
+    torch.testing.assert_close(vicreg(z1, z2, VICRegParams()).double(), torch.as_tensor(loop).double())
+
+
+def _outputs(n: int = 8, d: int = 6) -> ViewOutputs:
+    return ViewOutputs(_random(2 * n, d, 0), torch.zeros(2 * n, dtype=torch.long), p=_random(2 * n, d, 1),
+                       target=_random(2 * n, d, 2, grad=False), queue=_random(10, d, 3, grad=False))
+
+
+def test_byol_and_simsiam_are_symmetrised_cosine_losses_with_stopped_targets():
+    out = _outputs()
+    n = 8
+    byol = OBJECTIVES["byol"].loss(out, OBJECTIVES["byol"].params())
+    loop = sum(2 - 2 * _cos(out.p[i], out.target[(i + n) % (2 * n)]) for i in range(2 * n)) / (2 * n)
+    torch.testing.assert_close(byol.double(), loop.double())
+    simsiam = OBJECTIVES["simsiam"].loss(out, OBJECTIVES["simsiam"].params())
+    loop = -sum(_cos(out.p[i], out.z[(i + n) % (2 * n)]) for i in range(2 * n)) / (2 * n)
+    torch.testing.assert_close(simsiam.double(), loop.double())
+    (z_grad,) = torch.autograd.grad(simsiam, [out.z], retain_graph=True, allow_unused=True)
+    assert z_grad is None or not z_grad.any()  # stop-gradient: z only through the predictor's input
+
+
+def test_nnclr_takes_the_nearest_support_row_as_the_positive():
+    out = _outputs()
+    n, t = 8, 0.1
+    loss = OBJECTIVES["nnclr"].loss(out, OBJECTIVES["nnclr"].params(temperature=t))
+    total = 0.0
+    for i in range(2 * n):
+        nearest = max(range(10), key=lambda j: float(_cos(out.z[i], out.queue[j])))
+        other = range(n, 2 * n) if i < n else range(n)
+        logits = [_cos(out.queue[nearest], out.p[j]) / t for j in other]
+        total += -(logits[i % n] - torch.log(sum(torch.exp(v) for v in logits)))
+    torch.testing.assert_close(loss.double(), (total / (2 * n)).double())
+
+
+@pytest.mark.skipif(not HAS_LIGHTLY, reason="lightly is not importable: install it into a bench folder and put "
+                                            "that on PYTHONPATH to compare against its losses")
+def test_losses_equal_lightlys_on_random_embeddings():
+    from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, VICRegLoss
+
+    z1, z2 = _random(32, 8, 0), _random(32, 8, 1)
+    for ours, theirs in [(barlow_twins(z1, z2, 0.0051), BarlowTwinsLoss(lambda_param=0.0051)(z1, z2)),
+                         (vicreg(z1, z2, VICRegParams()), VICRegLoss()(z1, z2))]:
+        torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-5, rtol=1e-5)
+        _grads_equal(ours, theirs, [z1, z2])
+    out = _outputs()
+    ours = OBJECTIVES["simsiam"].loss(out, OBJECTIVES["simsiam"].params())
+    p1, p2 = out.halves("p")
+    z_1, z_2 = out.halves("z")
+    theirs = (NegativeCosineSimilarity()(p1, z_2.detach()) + NegativeCosineSimilarity()(p2, z_1.detach())) / 2
+    torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_momentum_schedule_rises_from_base_to_one():
+    assert momentum_at(0.99, 0, 100, "cosine") == pytest.approx(0.99)
+    assert momentum_at(0.99, 50, 100, "cosine") == pytest.approx(0.995)
+    assert momentum_at(0.99, 100, 100, "cosine") == pytest.approx(1.0)
+    assert momentum_at(0.99, 50, 100, "constant") == 0.99
+
+
+def test_queue_is_a_ring_that_keeps_the_newest_rows():
+    queue = FeatureQueue(5, 2, seed=0)
+    queue.push(torch.ones(3, 2))
+    queue.push(torch.full((3, 2), 2.0))
+    assert queue.rows[:, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 2.0] and int(queue.pointer) == 1
+
+
+def test_momentum_target_moves_towards_the_online_network():
+    online = nn.Linear(3, 2)
+    parts = MethodParts(OBJECTIVES["byol"], OBJECTIVES["byol"].params(momentum=0.9), online, 2, 0)
+    before = parts.target.network.weight.clone()
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    parts.after_step(online, ViewOutputs(torch.zeros(2, 2), torch.zeros(2)), step=0, total=10)
+    torch.testing.assert_close(parts.target.network.weight, 0.9 * before + 0.1 * online.weight.detach())
+
+
+class _Tiny(nn.Module):
+    out_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        return self.bn(self.conv(x).mean((2, 3)))
+
+
+class _NoBatchNorm(nn.Module):
+    """Batch norm at the output would hold every dimension's variance at 1 and hide a collapse."""
+
+    out_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class _Memory:
+    def __init__(self, state=None):
+        self.saved, self.state = [], state
+
+    def save(self, state):
+        self.saved.append(copy.deepcopy(state))
+
+    def load(self):
+        return copy.deepcopy(self.state)
+
+
+def _train(name: str, epochs: int, checkpointer=None, model_type=None, **params):
+    torch.manual_seed(0)
+    model = (model_type or _Tiny)()
+    entry = OBJECTIVES[name]
+    cfg = PretrainConfig(epochs=epochs, batch_size=16, lr=0.01)
+    result = pretrain(model, entry, entry.params(**params), _images(), cfg, device=torch.device("cpu"),
+                      precision="fp32", seed=0, augment=lambda x, g: x + 0.01 * torch.randn(x.shape, generator=g),
+                      checkpointer=checkpointer)
+    return model, result
+
+
+@pytest.mark.parametrize("name", VIEW_OBJECTIVES)
+def test_each_view_objective_trains_and_a_resumed_run_matches_an_uninterrupted_one(name):
+    params = {"queue_size": 20} if name in ("moco", "nnclr") else {}
+    params.update({"predictor_hidden": 4} if OBJECTIVES[name].predictor else {})
+    memory = _Memory()
+    whole, result = _train(name, 2, memory, **params)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    resumed, _ = _train(name, 2, _Memory(memory.saved[0]), **params)  # the state after epoch 1
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert set(memory.saved[-1]["method"]) == set(memory.saved[0]["method"])
+
+
+def test_simsiam_without_predictor_collapses_and_is_warned_about():
+    _, with_predictor = _train("simsiam", 3, model_type=_NoBatchNorm, predictor_hidden=4)
+    _, without = _train("simsiam", 3, model_type=_NoBatchNorm, predictor_hidden=0)
+    assert without.history[-1]["collapse_warning"] and not with_predictor.history[-1]["collapse_warning"]
+    assert without.history[-1]["embedding_spread"] < with_predictor.history[-1]["embedding_spread"]
+
+
+@pytest.mark.parametrize("name", VIEW_OBJECTIVES)
+def test_digits_recipe_of_each_view_objective_pretrains_from_the_cli(name, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "clt", "--artifacts", str(tmp_path), "pretrain",
+                          f"recipes/digits_{name}.yaml", "--set", "pretrain.epochs=1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.strip().splitlines()[-1]) == 64  # the encoder artifact's id
