@@ -28,7 +28,7 @@ class ViewOutputs:
     labels: torch.Tensor
     p: torch.Tensor | None = None  # predictor outputs on z, with gradient
     target: torch.Tensor | None = None  # momentum-target projections, no gradient
-    queue: torch.Tensor | None = None  # (K, D) rows of earlier steps, no gradient
+    queue: torch.Tensor | None = None  # (K, D) rows of earlier steps (K = 0 at first), no gradient
 
     def halves(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(view 1, view 2) rows of one field."""
@@ -47,14 +47,19 @@ def momentum_at(base: float, step: int, total: int, schedule: str) -> float:
 class FeatureQueue(nn.Module):
     """A ring buffer of the last `size` rows (MoCo's negatives, NNCLR's support set).
 
-    It starts as random unit vectors, as MoCo's and NNCLR's reference code do, so the loss has
-    its full number of negatives from the first step."""
+    Only rows pushed so far are handed out. MoCo's reference code starts from random unit
+    vectors instead, but against random negatives a collapsed encoder scores well, and on a small
+    dataset (digits) it collapsed before the queue filled; the batch's own keys are negatives from
+    the first step (see clt/objectives/moco.py)."""
 
-    def __init__(self, size: int, dim: int, seed: int):
+    def __init__(self, size: int, dim: int):
         super().__init__()
-        rows = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
-        self.register_buffer("rows", nn.functional.normalize(rows, dim=1))
+        self.register_buffer("rows", torch.zeros(size, dim))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def valid(self) -> torch.Tensor:
+        return self.rows[: int(self.filled)]
 
     @torch.no_grad()
     def push(self, rows: torch.Tensor) -> None:
@@ -63,6 +68,7 @@ class FeatureQueue(nn.Module):
         index = (start + torch.arange(len(rows), device=self.rows.device)) % len(self.rows)
         self.rows[index] = rows.to(self.rows.device)
         self.pointer.fill_((start + len(rows)) % len(self.rows))
+        self.filled.fill_(min(len(self.rows), int(self.filled) + len(rows)))
 
 
 class MomentumTarget(nn.Module):
@@ -96,7 +102,7 @@ class MethodParts(nn.Module):
         self.predictor = mlp(dim, [hidden, dim], batch_norm=True) if hidden else None
         self.target = MomentumTarget(model) if objective.target else None
         size = int(getattr(params, "queue_size", 0)) if objective.queue else 0
-        self.queue = FeatureQueue(size, dim, seed) if size else None
+        self.queue = FeatureQueue(size, dim) if size else None
         self.queue_from = objective.queue
         self.momentum = float(getattr(params, "momentum", 0.99))
         self.schedule = str(getattr(params, "momentum_schedule", "cosine"))
@@ -109,7 +115,7 @@ class MethodParts(nn.Module):
         return ViewOutputs(z, labels,
                            p=self.predictor(z) if self.predictor is not None else None,
                            target=self.target(x).detach() if self.target is not None else None,
-                           queue=self.queue.rows.clone() if self.queue is not None else None)
+                           queue=self.queue.valid().clone() if self.queue is not None else None)
 
     def after_step(self, online: nn.Module, out: ViewOutputs, step: int, total: int, gather=None) -> None:
         """Move the target towards `online` and push this step's rows (all ranks' rows) to the queue."""

@@ -49,9 +49,14 @@ def test_moco_info_nce_matches_the_papers_per_query_loop():
     loop = 0
     for i in range(5):
         positive = torch.exp(_cos(q[i], k[i]) / t)
+        # the queue's keys, and the batch's other keys
         negatives = sum(torch.exp(_cos(q[i], queue[j]) / t) for j in range(7))
+        negatives = negatives + sum(torch.exp(_cos(q[i], k[j]) / t) for j in range(5) if j != i)
         loop -= torch.log(positive / (positive + negatives))
-    torch.testing.assert_close(info_nce(q, k, queue, t).double(), loop / 5)
+    value = info_nce(q, k, queue, t)
+    torch.testing.assert_close(value.double(), loop / 5)
+    _grads_equal(value, loop / 5, [q, k])
+    assert torch.isfinite(info_nce(q, k, queue[:0], t))  # an empty queue: the batch's keys alone
 
 
 def test_barlow_twins_matches_the_papers_double_sum():
@@ -142,10 +147,12 @@ def test_momentum_schedule_rises_from_base_to_one():
 
 
 def test_queue_is_a_ring_that_keeps_the_newest_rows():
-    queue = FeatureQueue(5, 2, seed=0)
+    queue = FeatureQueue(5, 2)
+    assert len(queue.valid()) == 0
     queue.push(torch.ones(3, 2))
+    assert queue.valid()[:, 0].tolist() == [1.0, 1.0, 1.0]
     queue.push(torch.full((3, 2), 2.0))
-    assert queue.rows[:, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 2.0] and int(queue.pointer) == 1
+    assert queue.valid()[:, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 2.0] and int(queue.pointer) == 1
 
 
 def test_momentum_target_moves_towards_the_online_network():

@@ -32,18 +32,20 @@ def _momentum_error(momentum: float, schedule: str) -> str | None:
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """q, k: (N, D), row i of k the positive of row i of q; negatives: (K, D) -> scalar."""
+    """q, k: (N, D), row i of k the positive of row i of q; negatives: (K, D), K >= 0 -> scalar.
+
+    The batch's other keys are negatives too (as in MoCo v3), so the loss has negatives before
+    the queue holds any; the queue then adds K more, as in MoCo v2."""
     q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
     negatives = F.normalize(negatives.float(), dim=1)
-    positive = (q * k).sum(1, keepdim=True)
-    logits = torch.cat([positive, q @ negatives.T], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+    logits = torch.cat([q @ k.T, q @ negatives.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 @register_objective("moco", MoCoParams, views=2, uses_labels=False, reads_views=True, target=True,
                     queue="target", gather=False)
 def moco_loss(out, params: MoCoParams) -> torch.Tensor:
-    """MoCo v2, symmetrised: each view's query against the other view's key and the queue."""
+    """MoCo v2, symmetrised: each view's query against the other view's key, the batch's keys and the queue."""
     q1, q2 = out.halves("z")
     k1, k2 = out.halves("target")
     return (info_nce(q1, k2, out.queue, params.temperature) + info_nce(q2, k1, out.queue, params.temperature)) / 2

@@ -37,8 +37,11 @@ def nn_info_nce(neighbours: torch.Tensor, p: torch.Tensor, temperature: float) -
 @register_objective("nnclr", NNCLRParams, views=2, uses_labels=False, reads_views=True, predictor=True,
                     queue="online")
 def nnclr_loss(out, params: NNCLRParams) -> torch.Tensor:
-    """Symmetrised: NN(z1) against the predictions of view 2, and NN(z2) against those of view 1."""
+    """Symmetrised: NN(z1) against the predictions of view 2, and NN(z2) against those of view 1.
+    Until the support set holds rows, each view is its own neighbour."""
     z1, z2 = out.halves("z")
     p1, p2 = out.halves("p") if out.p is not None else (z1, z2)
+    if out.queue is None or len(out.queue) == 0:
+        return (nn_info_nce(z1.detach(), p2, params.temperature) + nn_info_nce(z2.detach(), p1, params.temperature)) / 2
     return (nn_info_nce(nearest_neighbour(z1, out.queue), p2, params.temperature)
             + nn_info_nce(nearest_neighbour(z2, out.queue), p1, params.temperature)) / 2
