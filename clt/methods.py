@@ -31,10 +31,17 @@ class ViewOutputs:
     queue: torch.Tensor | None = None  # (K, D) rows of earlier steps (K = 0 at first), no gradient
 
     def halves(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(view 1, view 2) rows of one field."""
-        tensor = getattr(self, name)
+        """(view 1, view 2) rows of one field; "p" falls back to z where there is no predictor."""
+        tensor = self.z if name == "p" and self.p is None else getattr(self, name)
         n = tensor.shape[0] // 2
         return tensor[:n], tensor[n:]
+
+
+def momentum_error(momentum: float, schedule: str) -> str | None:
+    """What is wrong with an objective's momentum parameters, or None."""
+    if not 0 <= momentum < 1:
+        return f"momentum = {momentum} must be in [0, 1)"
+    return None if schedule in ("constant", "cosine") else f"momentum_schedule '{schedule}' is not constant or cosine"
 
 
 def momentum_at(base: float, step: int, total: int, schedule: str) -> float:

@@ -85,6 +85,10 @@ class ObjectiveEntry:
     queue: str | None = None  # rows kept across steps, from "target" or "online" (params.queue_size)
     gather: bool = True  # with several processes, the loss sees every rank's rows
 
+    def compute(self, out: Any, params: Any) -> Any:
+        """The loss of one step's clt.methods.ViewOutputs, whichever form the loss takes."""
+        return self.loss(out, params) if self.reads_views else self.loss(out.z.float(), out.labels, params)
+
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder", ("clt.models",))
 OBJECTIVES: Registry[ObjectiveEntry] = Registry("objective", ("clt.objectives",))

@@ -233,16 +233,9 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
     if side != loop.data.in_shape[1]:
         x = downscale(x, side)
     with autocast(loop.device, loop.precision):
-        z = loop.forward(x)
-        out = loop.parts.outputs(z, y, x) if loop.objective.reads_views else None
-    if out is not None:
-        out = _gathered(loop, out)
-        z, loss = out.z, loop.objective.loss(out, loop.params)
-    else:
-        if loop.distributed:
-            z, y = loop.distributed.gather(z.float(), loop.objective.views), \
-                loop.distributed.gather_labels(y, loop.objective.views)
-        loss = loop.objective.loss(z.float(), y, loop.params)
+        out = loop.parts.outputs(loop.forward(x), y, x)
+    out = _gathered(loop, out)
+    loss = loop.objective.compute(out, loop.params)
     if not torch.isfinite(loss):
         raise TrainingError(
             f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
@@ -257,16 +250,16 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         loss.backward()
         loop.optimizer.step()
     loop.scheduler.step()
-    if out is not None:
-        # objectives that do not gather see only this rank's rows: the queue takes every rank's
-        gather = loop.distributed.gather if loop.distributed and not loop.objective.gather else None
-        loop.parts.after_step(loop.model, out, global_step + 1, loop.cfg.epochs * loop.steps, gather)
+    # objectives that do not gather see only this rank's rows: the queue takes every rank's
+    gather = loop.distributed.gather if loop.distributed and not loop.objective.gather else None
+    loop.parts.after_step(loop.model, out, global_step + 1, loop.cfg.epochs * loop.steps, gather)
     loop.result.images_seen += len(x) * world
-    return loss.detach(), z.detach()
+    return loss.detach(), out.z.detach()
 
 
 def _gathered(loop: _Loop, out: ViewOutputs) -> ViewOutputs:
-    """Every rank's rows, view by view, for objectives that compute over the global batch."""
+    """Every rank's rows, view by view, for objectives that compute over the global batch (NT-Xent's
+    negatives, SupCon's positives, Barlow Twins' and VICReg's statistics)."""
     if not (loop.distributed and loop.objective.gather):
         return out
     views, gather = loop.objective.views, loop.distributed.gather

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clt.objectives.moco import _momentum_error
+from clt.methods import momentum_error
 from clt.registry import register_objective
 
 
@@ -18,7 +18,7 @@ class BYOLParams:
     momentum_schedule: str = "cosine"
 
     def check(self) -> str | None:
-        return _momentum_error(self.momentum, self.momentum_schedule)
+        return momentum_error(self.momentum, self.momentum_schedule)
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from clt.objectives.moco import info_nce
 from clt.registry import register_objective
 
 
@@ -29,9 +30,9 @@ def nearest_neighbour(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 def nn_info_nce(neighbours: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Row i of `neighbours` against all predictions, the positive being prediction i (paper's Eq. 2)."""
-    logits = F.normalize(neighbours.float(), dim=1) @ F.normalize(p.float(), dim=1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+    """Row i of `neighbours` against all predictions, the positive being prediction i (paper's Eq. 2):
+    MoCo's InfoNCE with the batch's keys as the only negatives."""
+    return info_nce(neighbours, p, p[:0], temperature)
 
 
 @register_objective("nnclr", NNCLRParams, views=2, uses_labels=False, reads_views=True, predictor=True,
@@ -40,7 +41,7 @@ def nnclr_loss(out, params: NNCLRParams) -> torch.Tensor:
     """Symmetrised: NN(z1) against the predictions of view 2, and NN(z2) against those of view 1.
     Until the support set holds rows, each view is its own neighbour."""
     z1, z2 = out.halves("z")
-    p1, p2 = out.halves("p") if out.p is not None else (z1, z2)
+    p1, p2 = out.halves("p")
     if out.queue is None or len(out.queue) == 0:
         return (nn_info_nce(z1.detach(), p2, params.temperature) + nn_info_nce(z2.detach(), p1, params.temperature)) / 2
     return (nn_info_nce(nearest_neighbour(z1, out.queue), p2, params.temperature)

@@ -28,5 +28,5 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def simsiam_loss(out, params: SimSiamParams) -> torch.Tensor:
     """D(p1, z2)/2 + D(p2, z1)/2; without a predictor (predictor_hidden 0) p is z, which collapses."""
     z1, z2 = out.halves("z")
-    p1, p2 = out.halves("p") if out.p is not None else (z1, z2)
+    p1, p2 = out.halves("p")
     return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
