@@ -37,13 +37,6 @@ class ViewOutputs:
         return tensor[:n], tensor[n:]
 
 
-def momentum_error(momentum: float, schedule: str) -> str | None:
-    """What is wrong with an objective's momentum parameters, or None."""
-    if not 0 <= momentum < 1:
-        return f"momentum = {momentum} must be in [0, 1)"
-    return None if schedule in ("constant", "cosine") else f"momentum_schedule '{schedule}' is not constant or cosine"
-
-
 def momentum_at(base: float, step: int, total: int, schedule: str) -> float:
     """EMA momentum at `step` of `total`: constant, or BYOL's cosine rise from `base` to 1."""
     if schedule == "constant" or total <= 0:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clt.methods import momentum_error
+from clt.objectives.moco import momentum_error
 from clt.registry import register_objective
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clt.methods import momentum_error
 from clt.registry import register_objective
 
 
@@ -24,6 +23,13 @@ class MoCoParams:
         if self.queue_size < 1:
             return f"queue_size = {self.queue_size} must be >= 1"
         return momentum_error(self.momentum, self.momentum_schedule)
+
+
+def momentum_error(momentum: float, schedule: str) -> str | None:
+    """What is wrong with a momentum target's parameters (MoCo's, BYOL's), or None."""
+    if not 0 <= momentum < 1:
+        return f"momentum = {momentum} must be in [0, 1)"
+    return None if schedule in ("constant", "cosine") else f"momentum_schedule '{schedule}' is not constant or cosine"
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
