@@ -250,11 +250,15 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         loss.backward()
         loop.optimizer.step()
     loop.scheduler.step()
-    # objectives that do not gather see only this rank's rows: the queue takes every rank's
-    gather = loop.distributed.gather if loop.distributed and not loop.objective.gather else None
-    loop.parts.after_step(loop.model, out, global_step + 1, loop.cfg.epochs * loop.steps, gather)
+    loop.parts.after_step(loop.model, out, global_step + 1, loop.cfg.epochs * loop.steps, _queue_gather(loop))
     loop.result.images_seen += len(x) * world
     return loss.detach(), out.z.detach()
+
+
+def _queue_gather(loop: _Loop):
+    """How the queue gets every rank's rows: objectives that gather already hold them (None);
+    the others see only this rank's rows, so the queue gathers them, and every rank's queue is equal."""
+    return loop.distributed.gather if loop.distributed and not loop.objective.gather else None
 
 
 def _gathered(loop: _Loop, out: ViewOutputs) -> ViewOutputs:

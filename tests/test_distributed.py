@@ -115,6 +115,7 @@ import torch
 from safetensors.torch import save_file
 sys.path.insert(0, sys.argv[2])
 import test_distributed as t
+from clt import train
 from clt.distributed import from_environment
 
 group = from_environment("cpu")
@@ -136,11 +137,42 @@ for name in t.OBJECTIVES:
     out[name + "/y"] = y_all.contiguous()
     for key, param in model.named_parameters():
         out[name + "/grad/" + key] = param.grad.detach().clone().contiguous()
+for name in t.QUEUED:
+    parts, x, y = t.queued_parts(name, group.rank * t.PER_RANK, (group.rank + 1) * t.PER_RANK)
+    loop = t.QueueLoop(group, name)
+    outputs = train._gathered(loop, parts.outputs(model(x), y, x))
+    parts.after_step(model, outputs, 1, 10, train._queue_gather(loop))
+    out[name + "/queue"] = parts.queue.valid().contiguous()
 save_file(out, f"{sys.argv[1]}/rank{group.rank}.safetensors")
 with open(f"{sys.argv[1]}/rank{group.rank}.json", "w") as fh:
     json.dump({"losses": losses, "rank": group.rank, "main": group.is_main}, fh)
 group.barrier()
 """
+
+
+# the queue methods: MoCo enqueues the target's keys (local loss, gathered keys), NNCLR the online
+# projections (gathered for the loss already); every rank's queue must hold every rank's rows
+QUEUED = ("moco", "nnclr")
+
+
+class QueueLoop:
+    """The two fields of the training loop that decide how rows reach the loss and the queue."""
+
+    def __init__(self, distributed, name: str):
+        from clt.registry import OBJECTIVES as REGISTRY
+
+        self.distributed, self.objective = distributed, REGISTRY[name]
+
+
+def queued_parts(name: str, lo: int, hi: int):
+    """Method parts (target, queue) of `name` on the shared model, and the shard's two views."""
+    from clt.methods import MethodParts
+    from clt.registry import OBJECTIVES as REGISTRY
+
+    entry = REGISTRY[name]
+    parts = MethodParts(entry, entry.params(queue_size=64), make_model(), FEATURES, 0)
+    x, y = shard("simclr", lo, hi)
+    return parts, x, y
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +375,15 @@ def test_one_gpu_cannot_host_two_ranks(monkeypatch):
     with pytest.raises(CltError) as caught:
         from_environment("auto")  # before: torch.cuda.set_device(1) -> "invalid device ordinal"
     assert "2 GPUs" in str(caught.value) and "--device cpu" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", QUEUED)
+def test_every_rank_queues_the_rows_of_every_rank_as_one_process_does(two_rank_step: Path, name: str):
+    model = make_model()
+    parts, x, y = queued_parts(name, 0, WORLD * PER_RANK)
+    parts.after_step(model, parts.outputs(model(x), y, x), 1, 10)
+    expected = parts.queue.valid()
+    assert expected.shape == (WORLD * PER_RANK, FEATURES)  # view 1 of all 8 images, once each
+    for rank in range(WORLD):
+        queue = load_file(str(two_rank_step / f"rank{rank}.safetensors"))[name + "/queue"]
+        torch.testing.assert_close(queue, expected, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,195 @@
+"""Every objective on CIFAR-10 at equal cost: the same encoder, 30 minutes of pretraining each.
+
+Each objective trains the compact ResNet-20 (width 16) of `cifar10_simclr_cpu.yaml` with the
+SimCLR CIFAR-10 augmentations, batch 256 and SGD with a cosine schedule, from its own recipe
+(`cifar10_<name>_cpu.yaml`; the older objectives get theirs from the table below). A budget in
+seconds becomes a number of epochs by timing two short epochs first (10 steps each, the
+second one counts), so the cosine schedule still runs to its end; the wall time actually spent
+is reported beside the accuracy. Then the linear probe of the recipe on all labels and the
+200-NN accuracy of the full test split against all 50,000 train embeddings, plus the online
+kNN curve (2,000 test images against 10,000 train images) from the monitor.
+
+One JSON file per objective and seed goes to bench/results/equal_budget/, so a table can be
+filled over several sessions; existing results are kept unless --force. The table of every
+result found is rewritten to bench/results/equal_budget.md after each run, and the online curves
+of seed 0 are drawn in docs/equal_budget_curves.png.
+
+    python bench/equal_budget.py simclr moco --budget 1800 --seed 0
+    python bench/equal_budget.py --table          # only rewrite the table
+    python bench/equal_budget.py simclr --budget 7200 --monitor-points 10 --results simclr_2h
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from published import Run, ensure
+
+import clt
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TRIAL_IMAGES = 2560  # 10 steps of 256
+TRAIN_IMAGES = 50000
+
+# objective -> (recipe, overrides that put it on the shared encoder, augmentation and batch)
+SHARED_SETUP = ["pretrain.batch_size=256", "pretrain.augment.preset=simclr_cifar", "pretrain.progressive_resize=[]"]
+OBJECTIVES: dict[str, tuple[str, list[str]]] = {
+    "simclr": ("cifar10_simclr_cpu", []),
+    "moco": ("cifar10_moco_cpu", []),
+    "byol": ("cifar10_byol_cpu", []),
+    "simsiam": ("cifar10_simsiam_cpu", []),
+    "barlow_twins": ("cifar10_barlow_twins_cpu", []),
+    "vicreg": ("cifar10_vicreg_cpu", []),
+    "nnclr": ("cifar10_nnclr_cpu", []),
+    "supcon": ("cifar10_supcon", []),
+    "triplet": ("cifar10_triplet", ["model.projection=[64, 64]", "pretrain.snapshot_every=0",
+                                    "probe={head: linear, epochs: 30, batch_size: 256, lr: 0.001}"]),
+    "pair": ("cifar10_simclr_cpu", ["objective={name: pair, margin: 1.0}"]),
+    "cosine_pair": ("cifar10_simclr_cpu", ["objective={name: cosine_pair}"]),
+}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "cpu"
+    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "cpu")
+    cores = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("CPU(s)")), "?")
+    flags = out.split("Flags:", 1)[-1]
+    isa = "AVX-512 + bf16" if "avx512_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
+    return f"{cores}-core {name} ({isa})"
+
+
+def epoch_seconds(run: Run, recipe: Path, overrides: list[str]) -> float:
+    """Seconds per full-size epoch, from the second of two 10-step epochs (the first warms up)."""
+    trial = clt.pretrain(recipe, overrides=[*overrides, f"data.train_limit={TRIAL_IMAGES}", "pretrain.epochs=2"],
+                         **run.opts())
+    history = json.loads(trial.file("history.json").read_text())
+    per_step = (history[1]["seconds"] - history[0]["seconds"]) / (TRIAL_IMAGES // 256)
+    return per_step * (TRAIN_IMAGES // 256)
+
+
+def run_one(run: Run, name: str, args) -> dict:
+    recipe_name, extra = OBJECTIVES[name]
+    recipe = ROOT / "recipes" / f"{recipe_name}.yaml"
+    overrides = [*SHARED_SETUP, *extra, f"seed={args.seed}"]
+    per_epoch = epoch_seconds(run, recipe, overrides)
+    epochs = max(1, round(args.budget / per_epoch))
+    every = max(1, epochs // args.monitor_points)
+    monitor = [f"pretrain.epochs={epochs}", f"pretrain.monitor={{knn: 200, every: {every}, train: 10000, "
+                                            "test: 2000}"]
+    print(f"== {name}: {per_epoch:.0f} s per epoch -> {epochs} epochs for {args.budget} s", file=sys.stderr,
+          flush=True)
+    started = time.time()
+    encoder = clt.pretrain(recipe, overrides=[*overrides, *monitor], **run.opts())
+    probe = clt.probe(encoder.id, **run.opts())
+    linear = clt.evaluate(probe.id, **run.opts()).metrics["accuracy"]
+    knn = clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"]
+    history = json.loads(encoder.file("history.json").read_text())
+    return {
+        "objective": name, "recipe": recipe_name, "overrides": overrides + monitor, "seed": args.seed,
+        "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs,
+        "pretrain_s": encoder.manifest.get("wall_time_s"), "linear": linear, "knn200": knn,
+        "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
+        "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
+        "monitor_s": round(sum(h.get("monitor_seconds", 0.0) for h in history), 1),
+        "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "precision":
+            encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),
+        "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def write_table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["objective"], []).append(r)
+    lines = ["| objective | seeds | epochs | pretrain wall time | 200-NN % | linear % | online 200-NN at the end % |",
+             "|---|---|---|---|---|---|---|"]
+    order = sorted(by_name, key=lambda n: -sum(r["knn200"] for r in by_name[n]) / len(by_name[n]))
+    for name in order:
+        rs = by_name[name]
+        def mean(key: str, rs: list[dict] = rs) -> float:
+            return sum(r[key] for r in rs) / len(rs)
+
+        online = [r["curve"][-1][1] for r in rs if r["curve"]]
+        online_text = f"{100 * sum(online) / len(online):.1f}" if online else "–"
+        lines.append(f"| {name} | {len(rs)} | {'/'.join(str(r['epochs']) for r in rs)} | "
+                     f"{mean('pretrain_s') / 60:.1f} min | {100 * mean('knn200'):.2f} | {100 * mean('linear'):.2f} | "
+                     f"{online_text} |")
+    cpus = sorted({r["cpu"] for r in rows})
+    precisions = ", ".join(sorted({str(r["precision"]) for r in rows}))
+    text = "\n".join(lines) + f"\n\nMachine: {', '.join(cpus)}; precision {precisions}.\n"
+    text += "Missing objectives: " + (", ".join(n for n in OBJECTIVES if n not in by_name) or "none") + ".\n"
+    (RESULTS / f"{out.name}.md").write_text(text)
+    return text
+
+
+def plot_curves(out: Path, path: Path) -> None:
+    """Online 200-NN accuracy against pretraining minutes, one line per objective (seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for result in sorted(out.glob("*-seed0.json")):
+        r = json.loads(result.read_text())
+        if r["curve"]:
+            minutes, accuracy = zip(*[(s / 60, 100 * a) for s, a in r["curve"]])
+            ax.plot(minutes, accuracy, marker="o", label=r["objective"])
+    ax.set(xlabel="pretraining minutes (this CPU)", ylabel="online 200-NN accuracy %",
+           title=f"CIFAR-10, ResNet-20 w16: {out.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("objectives", nargs="*", help=f"default: all of {', '.join(OBJECTIVES)}")
+    parser.add_argument("--budget", type=float, default=1800.0, help="pretraining seconds per objective")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--monitor-points", type=int, default=5, help="online kNN scores per run")
+    parser.add_argument("--results", default="equal_budget",
+                        help="folder under bench/results/ (and name of its table and curve picture)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
+    parser.add_argument("--force", action="store_true", help="rerun objectives that already have a result")
+    parser.add_argument("--table", action="store_true", help="only rewrite bench/results/equal_budget.md")
+    args = parser.parse_args()
+    unknown = [n for n in args.objectives if n not in OBJECTIVES]
+    if unknown:
+        parser.error(f"unknown objective(s) {', '.join(unknown)}: choose from {', '.join(OBJECTIVES)}")
+    out = RESULTS / args.results
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        run = Run(args.artifacts, args.device)
+        ensure(run, "cifar10")
+        for name in args.objectives or OBJECTIVES:
+            path = out / f"{name}-seed{args.seed}.json"
+            if path.exists() and not args.force:
+                print(f"== {name}: kept {path.name}", file=sys.stderr)
+                continue
+            result = run_one(run, name, args)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(path)
+            print(write_table(out), flush=True)
+    print(write_table(out))
+    if any(out.glob("*-seed0.json")):
+        plot_curves(out, ROOT / "docs" / f"{args.results}_curves.png")
+
+
+if __name__ == "__main__":
+    main()
