@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
 
+from images import cpu_name
 from published import Run, ensure
 
 import clt
+from clt.atomic import written_aside
+from clt.devices import cpu_supports_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -57,15 +59,9 @@ OBJECTIVES: dict[str, tuple[str, list[str]]] = {
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "cpu"
-    name = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "cpu")
-    cores = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("CPU(s)")), "?")
-    flags = out.split("Flags:", 1)[-1]
-    isa = "AVX-512 + bf16" if "avx512_bf16" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
-    return f"{cores}-core {name} ({isa})"
+    """E.g. '2-core AMD EPYC (native bf16)': bf16 kernels decide which precision `auto` trains in."""
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    return f"{os.cpu_count()}-core {cpu_name()} ({bf16})"
 
 
 def epoch_seconds(run: Run, recipe: Path, overrides: list[str]) -> float:
@@ -84,18 +80,18 @@ def run_one(run: Run, name: str, args) -> dict:
     per_epoch = epoch_seconds(run, recipe, overrides)
     epochs = max(1, round(args.budget / per_epoch))
     every = max(1, epochs // args.monitor_points)
-    monitor = [f"pretrain.epochs={epochs}", f"pretrain.monitor={{knn: 200, every: {every}, train: 10000, "
-                                            "test: 2000}"]
+    schedule = [f"pretrain.epochs={epochs}", f"pretrain.monitor={{knn: 200, every: {every}, train: 10000, "
+                                             "test: 2000}"]
     print(f"== {name}: {per_epoch:.0f} s per epoch -> {epochs} epochs for {args.budget} s", file=sys.stderr,
           flush=True)
     started = time.time()
-    encoder = clt.pretrain(recipe, overrides=[*overrides, *monitor], **run.opts())
+    encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
     probe = clt.probe(encoder.id, **run.opts())
     linear = clt.evaluate(probe.id, **run.opts()).metrics["accuracy"]
     knn = clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"]
     history = json.loads(encoder.file("history.json").read_text())
     return {
-        "objective": name, "recipe": recipe_name, "overrides": overrides + monitor, "seed": args.seed,
+        "objective": name, "recipe": recipe_name, "overrides": overrides + schedule, "seed": args.seed,
         "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs,
         "pretrain_s": encoder.manifest.get("wall_time_s"), "linear": linear, "knn200": knn,
         "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
@@ -129,7 +125,8 @@ def write_table(out: Path) -> str:
     precisions = ", ".join(sorted({str(r["precision"]) for r in rows}))
     text = "\n".join(lines) + f"\n\nMachine: {', '.join(cpus)}; precision {precisions}.\n"
     text += "Missing objectives: " + (", ".join(n for n in OBJECTIVES if n not in by_name) or "none") + ".\n"
-    (RESULTS / f"{out.name}.md").write_text(text)
+    with written_aside(RESULTS / f"{out.name}.md") as tmp:
+        tmp.write_text(text)
     return text
 
 
@@ -151,7 +148,8 @@ def plot_curves(out: Path, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -166,7 +164,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     parser.add_argument("--force", action="store_true", help="rerun objectives that already have a result")
-    parser.add_argument("--table", action="store_true", help="only rewrite bench/results/equal_budget.md")
+    parser.add_argument("--table", action="store_true", help="only rewrite the table and the curve picture")
     args = parser.parse_args()
     unknown = [n for n in args.objectives if n not in OBJECTIVES]
     if unknown:
@@ -182,9 +180,8 @@ def main() -> None:
                 print(f"== {name}: kept {path.name}", file=sys.stderr)
                 continue
             result = run_one(run, name, args)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(path)
+            with written_aside(path) as tmp:
+                tmp.write_text(json.dumps(result, indent=1))
             print(write_table(out), flush=True)
     print(write_table(out))
     if any(out.glob("*-seed0.json")):
