@@ -76,7 +76,7 @@ def epoch_seconds(run: Run, recipe: Path, overrides: list[str]) -> float:
 def run_one(run: Run, name: str, args) -> dict:
     recipe_name, extra = OBJECTIVES[name]
     recipe = ROOT / "recipes" / f"{recipe_name}.yaml"
-    overrides = [*SHARED_SETUP, *extra, f"seed={args.seed}"]
+    overrides = [*SHARED_SETUP, *extra, *args.set, f"seed={args.seed}"]
     per_epoch = epoch_seconds(run, recipe, overrides)
     epochs = max(1, round(args.budget / per_epoch))
     every = max(1, epochs // args.monitor_points)
@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--monitor-points", type=int, default=5, help="online kNN scores per run")
     parser.add_argument("--results", default="equal_budget",
                         help="folder under bench/results/ (and name of its table and curve picture)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="one more recipe override for every objective, e.g. pretrain.channels_last=true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     parser.add_argument("--force", action="store_true", help="rerun objectives that already have a result")
