@@ -188,11 +188,13 @@ def linear_accuracy(train_f, train_y, test_f, test_y, epochs: int = 30, seed: in
         return float((head(test_f).argmax(1) == test_y).float().mean())
 
 
-def scores(module, data, mean, std) -> dict:
-    train_f = features(module, data.train.images, mean, std)
-    test_f = features(module, data.test.images, mean, std)
-    return {"knn200": knn_accuracy(train_f, data.train.labels, test_f, data.test.labels),
-            "linear": linear_accuracy(train_f, data.train.labels, test_f, data.test.labels)}
+def scores(module, data, mean, std, limit: int = 0) -> dict:
+    """200-NN and linear accuracy on the test images; the first `limit` train images (0: all) are the
+    neighbours and the probe's training set."""
+    train = data.train.subset(slice(0, limit or None))
+    train_f, test_f = features(module, train.images, mean, std), features(module, data.test.images, mean, std)
+    return {"knn200": knn_accuracy(train_f, train.labels, test_f, data.test.labels),
+            "linear": linear_accuracy(train_f, train.labels, test_f, data.test.labels)}
 
 
 def clt_equal_time(store, data, args) -> tuple[dict, object]:
@@ -200,21 +202,24 @@ def clt_equal_time(store, data, args) -> tuple[dict, object]:
     import copy
 
     trial = clt.pretrain(CPU_RECIPE, store=store, overrides=[
-        *args.set, "pretrain.epochs=2", f"data.train_limit={TRIAL_STEPS * args.batch}"])
+        f"pretrain.batch_size={args.batch}", *args.set, "pretrain.epochs=2",
+        f"data.train_limit={TRIAL_STEPS * args.batch}"])
     history = json.loads(trial.file("history.json").read_text())
     per_step = (history[1]["seconds"] - history[0]["seconds"]) / TRIAL_STEPS
     images = args.train_limit or len(data.train)
     epochs = max(1, round(args.minutes * 60 / (per_step * (images // args.batch))))
     print(f"== clt: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
     result = clt.pretrain(CPU_RECIPE, store=store, overrides=[
-        *args.set, f"pretrain.epochs={epochs}", f"data.train_limit={args.train_limit}"])
+        f"pretrain.batch_size={args.batch}", *args.set, f"pretrain.epochs={epochs}",
+        f"data.train_limit={args.train_limit}"])
     encoder = clt.load_encoder(result.id, store=store, device="cpu")
     fresh = copy.deepcopy(encoder.module)
     for layer in fresh.modules():
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
     figures = {"epochs": epochs, "seconds": result.manifest.get("wall_time_s"), "id": result.id,
-               "precision": result.manifest.get("precision"), **scores(encoder.module, data, encoder.mean, encoder.std)}
+               "precision": result.manifest.get("precision"),
+               **scores(encoder.module, data, encoder.mean, encoder.std, args.train_limit)}
     return figures, fresh
 
 
@@ -229,7 +234,7 @@ def lightly_equal_time(fresh, data, args) -> dict:
     print(f"== lightly: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
     run = lightly_train(fresh, images, epochs, args)
     return {"epochs": epochs, "seconds": round(run["seconds"], 1), "precision": "fp32",
-            **scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"])}
+            **scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"], args.train_limit)}
 
 
 def equal_time(store, args) -> None:
@@ -269,7 +274,7 @@ def main() -> None:
                         help="instead: clt and lightly at equal wall time on the CPU recipe's encoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=0,
-                        help="with --minutes: pretrain on this many train images (0: all; scoring uses all)")
+                        help="with --minutes, a quick check: pretrain and score with this many train images (0: all)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="with --minutes: one more override of clt's recipe, e.g. pretrain.channels_last=true")
     args = parser.parse_args()
