@@ -114,7 +114,7 @@ def test_nnclr_takes_the_nearest_support_row_as_the_positive():
     loss = OBJECTIVES["nnclr"].loss(out, OBJECTIVES["nnclr"].params(temperature=t))
     total = 0.0
     for i in range(2 * n):
-        nearest = max(range(10), key=lambda j: float(_cos(out.z[i], out.queue[j])))
+        nearest = max(range(10), key=lambda j: float(_cos(out.z[i], out.queue[j]).detach()))
         other = range(n, 2 * n) if i < n else range(n)
         logits = [_cos(out.queue[nearest], out.p[j]) / t for j in other]
         total += -(logits[i % n] - torch.log(sum(torch.exp(v) for v in logits)))
