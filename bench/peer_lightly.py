@@ -144,7 +144,7 @@ def lightly_train(encoder, images: np.ndarray, epochs: int | None, args) -> dict
             seconds.append(time.perf_counter() - started)
             if done == steps:
                 break
-    return {"steps": steps, "seconds": seconds[-1], "loss": float(loss),
+    return {"steps": steps, "seconds": seconds[-1], "loss": float(loss.detach()),
             "per_step_s": (seconds[-1] - seconds[0]) / max(1, len(seconds) - 1)}
 
 
@@ -188,10 +188,9 @@ def linear_accuracy(train_f, train_y, test_f, test_y, epochs: int = 30, seed: in
         return float((head(test_f).argmax(1) == test_y).float().mean())
 
 
-def scores(module, data, mean, std, limit: int = 0) -> dict:
-    """200-NN and linear accuracy on the test images; the first `limit` train images (0: all) are the
-    neighbours and the probe's training set."""
-    train = data.train.subset(slice(0, limit or None))
+def scores(module, data, mean, std) -> dict:
+    """200-NN and linear accuracy on the test images; the train images are the neighbours and the probe's data."""
+    train = data.train
     train_f, test_f = features(module, train.images, mean, std), features(module, data.test.images, mean, std)
     return {"knn200": knn_accuracy(train_f, train.labels, test_f, data.test.labels),
             "linear": linear_accuracy(train_f, train.labels, test_f, data.test.labels)}
@@ -206,8 +205,7 @@ def clt_equal_time(store, data, args) -> tuple[dict, object]:
         f"data.train_limit={TRIAL_STEPS * args.batch}"])
     history = json.loads(trial.file("history.json").read_text())
     per_step = (history[1]["seconds"] - history[0]["seconds"]) / TRIAL_STEPS
-    images = args.train_limit or len(data.train)
-    epochs = max(1, round(args.minutes * 60 / (per_step * (images // args.batch))))
+    epochs = max(1, round(args.minutes * 60 / (per_step * (len(data.train) // args.batch))))
     print(f"== clt: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
     result = clt.pretrain(CPU_RECIPE, store=store, overrides=[
         f"pretrain.batch_size={args.batch}", *args.set, f"pretrain.epochs={epochs}",
@@ -219,7 +217,7 @@ def clt_equal_time(store, data, args) -> tuple[dict, object]:
             layer.reset_parameters()
     figures = {"epochs": epochs, "seconds": result.manifest.get("wall_time_s"), "id": result.id,
                "precision": result.manifest.get("precision"),
-               **scores(encoder.module, data, encoder.mean, encoder.std, args.train_limit)}
+               **scores(encoder.module, data, encoder.mean, encoder.std)}
     return figures, fresh
 
 
@@ -228,13 +226,13 @@ def lightly_equal_time(fresh, data, args) -> dict:
 
     from lightly.transforms.utils import IMAGENET_NORMALIZE
 
-    images = data.train.images[:args.train_limit or None].numpy()
+    images = data.train.images.numpy()
     per_step = lightly_train(copy.deepcopy(fresh), images, None, args)["per_step_s"]
     epochs = max(1, round(args.minutes * 60 / (per_step * (len(images) // args.batch))))
     print(f"== lightly: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
     run = lightly_train(fresh, images, epochs, args)
     return {"epochs": epochs, "seconds": round(run["seconds"], 1), "precision": "fp32",
-            **scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"], args.train_limit)}
+            **scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"])}
 
 
 def equal_time(store, args) -> None:
@@ -243,6 +241,9 @@ def equal_time(store, args) -> None:
 
     torch.manual_seed(args.seed)
     data = clt.load_dataset("cifar10", store=store)
+    if args.train_limit:  # a seeded random subset: the stored train images are sorted by class
+        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
+        data.train = data.train.subset(keep[:args.train_limit])
     figures = {}
     figures["clt"], fresh = clt_equal_time(store, data, args)
     print(json.dumps(figures), flush=True)
