@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from images import cpu_name
 
 import clt
+from clt.atomic import written_aside
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,16 +255,19 @@ def equal_time(store, args) -> None:
             f"{100 * f['linear']:.2f} |" for name, f in figures.items()]
     text = "\n".join(["| loop | epochs | pretrain wall time | precision | 200-NN % | linear % |",
                       "|---|---|---|---|---|---|", *rows])
-    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_model()}.\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "peer_lightly_equal_time.md").write_text(text)
-    (RESULTS / "peer_lightly_equal_time.json").write_text(json.dumps({**figures, "command": command}, indent=1))
+    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_name()}.\n"
+    write_results("peer_lightly_equal_time", text, {**figures, "command": command})
     print(text)
 
 
-def cpu_model() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "cpu")
+
+def write_results(name: str, table: str, figures: dict) -> None:
+    """bench/results/NAME.md and NAME.json, each written aside and renamed into place."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with written_aside(RESULTS / f"{name}.md") as tmp:
+        tmp.write_text(table)
+    with written_aside(RESULTS / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(figures, indent=1))
 
 
 def main() -> None:
@@ -305,13 +310,11 @@ def write(figures: dict, args) -> None:
         rows.append(f"| clt `pretrain` of cifar10_simclr_r18, {run['precision']} | {run['views_per_s']} | "
                     f"{run['views_per_s'] / lightly_vps:.2f} | batches augmented on the device | {run['peak_mib']} |")
     command = "python bench/peer_lightly.py " + " ".join(sys.argv[1:])
-    cpu = cpu_model()
+    cpu = cpu_name()
     text = "\n".join(["| loop | views/s | × lightly | data | process peak MiB after it |", "|---|---|---|---|---|",
                       *rows]) + f"\n\nCommand: `{command}` (ResNet-18 CIFAR stem, batch {args.batch}, "\
         f"{args.steps} steps each, the first one left out of lightly's rate), on {cpu}.\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "peer_lightly.md").write_text(text)
-    (RESULTS / "peer_lightly.json").write_text(json.dumps({**figures, "command": command}, indent=1))
+    write_results("peer_lightly", text, {**figures, "command": command})
     print(text)
 
 
