@@ -17,9 +17,10 @@ lightly's step spent waiting for data, the process's peak resident memory after 
 
 With --minutes M, instead: both SimCLR loops at equal wall time on clt's CPU recipe's encoder
 (recipes/cifar10_simclr_cpu.yaml: ResNet-20 width 16, projection 64-64, NT-Xent 0.5, SGD lr 0.3
-cosine, weight decay 1e-4, batch 256). Each plans its epochs from a timed 10-step trial so its
-cosine schedule ends near M minutes: clt through `clt.pretrain`, lightly with its SimCLRTransform
-through a DataLoader, its SimCLRProjectionHead(64, 64, 64) and NTXentLoss on a fresh copy of the
+cosine, weight decay 1e-4, batch 256). clt goes first through `clt.pretrain`, for the whole epochs
+(its cosine schedule is per epoch) that a timed 10-step trial says fit M minutes; then lightly
+trains for the steps that a 10-step trial of its own says fill clt's measured wall time (its
+schedule is per step, so it ends there), with its SimCLRTransform through a DataLoader, its SimCLRProjectionHead(64, 64, 64) and NTXentLoss on a fresh copy of the
 same encoder. Both are then scored by the same code here: features of all 50,000 train and 10,000
 test images (each with the normalisation it trained with), a 200-NN vote (cosine, weights
 exp(s / 0.1)) and a linear probe (30 epochs of Adam, lr 1e-3, batch 256) on all labels.
@@ -125,12 +126,11 @@ def lightly_simclr(encoder, images: np.ndarray, batch: int, workers: int):
     return model, loader, NTXentLoss(temperature=0.5)
 
 
-def lightly_train(encoder, images: np.ndarray, epochs: int | None, args) -> dict:
-    """Trains for `epochs` (None: a TRIAL_STEPS-step trial) with SGD and a per-step cosine schedule."""
+def lightly_train(encoder, images: np.ndarray, steps: int, args) -> dict:
+    """Trains for `steps` with SGD and a per-step cosine schedule that ends with the last step."""
     import torch
 
     model, loader, criterion = lightly_simclr(encoder, images, args.batch, args.workers)
-    steps = TRIAL_STEPS if epochs is None else epochs * len(loader)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     model.train()
@@ -199,9 +199,24 @@ def scores(module, data, mean, std) -> dict:
 
 
 def clt_equal_time(store, data, args) -> tuple[dict, object]:
-    """clt's recipe for about args.minutes; returns its figures and a fresh copy of its encoder."""
+    """clt's recipe for about args.minutes; returns its figures and a fresh copy of its encoder. The
+    store caches both pretrain calls by their inputs, so a rerun of the same command reuses them."""
     import copy
 
+    result, epochs = clt_encoder_run(store, data, args)
+    encoder = clt.load_encoder(result.id, store=store, device="cpu")
+    fresh = copy.deepcopy(encoder.module)
+    for layer in fresh.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    figures = {"epochs": epochs, "seconds": result.manifest.get("wall_time_s"),
+               "id": result.id, "precision": result.manifest.get("precision"),
+               **scores(encoder.module, data, encoder.mean, encoder.std)}
+    return figures, fresh
+
+
+def clt_encoder_run(store, data, args):
+    """Whole epochs, since the recipe's cosine schedule is per epoch: as many as fit args.minutes."""
     trial = clt.pretrain(CPU_RECIPE, store=store, overrides=[
         f"pretrain.batch_size={args.batch}", *args.set, "pretrain.epochs=2",
         f"data.train_limit={TRIAL_STEPS * args.batch}"])
@@ -209,31 +224,25 @@ def clt_equal_time(store, data, args) -> tuple[dict, object]:
     per_step = (history[1]["seconds"] - history[0]["seconds"]) / TRIAL_STEPS
     epochs = max(1, round(args.minutes * 60 / (per_step * (len(data.train) // args.batch))))
     print(f"== clt: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
-    result = clt.pretrain(CPU_RECIPE, store=store, overrides=[
+    return clt.pretrain(CPU_RECIPE, store=store, overrides=[
         f"pretrain.batch_size={args.batch}", *args.set, f"pretrain.epochs={epochs}",
-        f"data.train_limit={args.train_limit}"])
-    encoder = clt.load_encoder(result.id, store=store, device="cpu")
-    fresh = copy.deepcopy(encoder.module)
-    for layer in fresh.modules():
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
-    figures = {"epochs": epochs, "seconds": result.manifest.get("wall_time_s"), "id": result.id,
-               "precision": result.manifest.get("precision"),
-               **scores(encoder.module, data, encoder.mean, encoder.std)}
-    return figures, fresh
+        f"data.train_limit={args.train_limit}"]), epochs
 
 
-def lightly_equal_time(fresh, data, args) -> dict:
+def lightly_equal_time(fresh, data, seconds: float, args) -> dict:
+    """lightly's loop for the steps that fill `seconds`, clt's measured wall time: its schedule is per
+    step, so it need not stop at a whole epoch (whole epochs would miss by up to half of one)."""
     import copy
 
     from lightly.transforms.utils import IMAGENET_NORMALIZE
 
     images = data.train.images.numpy()
-    per_step = lightly_train(copy.deepcopy(fresh), images, None, args)["per_step_s"]
-    epochs = max(1, round(args.minutes * 60 / (per_step * (len(images) // args.batch))))
-    print(f"== lightly: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
-    run = lightly_train(fresh, images, epochs, args)
-    return {"epochs": epochs, "seconds": round(run["seconds"], 1), "precision": "fp32",
+    per_step = lightly_train(copy.deepcopy(fresh), images, TRIAL_STEPS, args)["per_step_s"]
+    steps = max(1, round(seconds / per_step))
+    epochs = steps / (len(images) // args.batch)
+    print(f"== lightly: {per_step:.2f} s per step -> {steps} steps ({epochs:.2f} epochs)", file=sys.stderr, flush=True)
+    run = lightly_train(fresh, images, steps, args)
+    return {"epochs": round(epochs, 2), "seconds": round(run["seconds"], 1), "precision": "fp32",
             **scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"])}
 
 
@@ -249,7 +258,7 @@ def equal_time(store, args) -> None:
     figures = {}
     figures["clt"], fresh = clt_equal_time(store, data, args)
     print(json.dumps(figures), flush=True)
-    figures[f"lightly {lightly.__version__}"] = lightly_equal_time(fresh, data, args)
+    figures[f"lightly {lightly.__version__}"] = lightly_equal_time(fresh, data, figures["clt"]["seconds"], args)
     command = "python bench/peer_lightly.py " + " ".join(sys.argv[1:])
     rows = [f"| {name} | {f['epochs']} | {f['seconds'] / 60:.1f} min | {f['precision']} | {100 * f['knn200']:.2f} | "
             f"{100 * f['linear']:.2f} |" for name, f in figures.items()]
