@@ -20,10 +20,11 @@ With --minutes M, instead: both SimCLR loops at equal wall time on clt's CPU rec
 cosine, weight decay 1e-4, batch 256). clt goes first through `clt.pretrain`, for the whole epochs
 (its cosine schedule is per epoch) that a timed 10-step trial says fit M minutes; then lightly
 trains for the steps that a 10-step trial of its own says fill clt's measured wall time (its
-schedule is per step, so it ends there), with its SimCLRTransform through a DataLoader, its SimCLRProjectionHead(64, 64, 64) and NTXentLoss on a fresh copy of the
-same encoder. Both are then scored by the same code here: features of all 50,000 train and 10,000
-test images (each with the normalisation it trained with), a 200-NN vote (cosine, weights
-exp(s / 0.1)) and a linear probe (30 epochs of Adam, lr 1e-3, batch 256) on all labels.
+schedule is per step, so it ends there), with its SimCLRTransform through a DataLoader, its
+SimCLRProjectionHead(64, 64, 64) and NTXentLoss on a fresh copy of the same encoder. Both are then
+scored by the same code here: features of all 50,000 train and 10,000 test images (each with the
+normalisation it trained with), a 200-NN vote (cosine, weights exp(s / 0.1)) and a linear probe (30
+epochs of Adam, lr 1e-3, batch 256) on all labels.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from images import cpu_name
 
 import clt
 from clt.atomic import written_aside
+from clt.devices import cpu_supports_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,10 +266,17 @@ def equal_time(store, args) -> None:
             f"{100 * f['linear']:.2f} |" for name, f in figures.items()]
     text = "\n".join(["| loop | epochs | pretrain wall time | precision | 200-NN % | linear % |",
                       "|---|---|---|---|---|---|", *rows])
-    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_name()}.\n"
+    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_description()}.\n"
     write_results("peer_lightly_equal_time", text, {**figures, "command": command})
     print(text)
 
+
+
+def cpu_description() -> str:
+    """E.g. 'AMD EPYC (2 cores, no native bf16)': whether bf16 kernels exist sets what a minute buys."""
+    import os
+
+    return f"{cpu_name()} ({os.cpu_count()} cores, {'native' if cpu_supports_bf16() else 'no native'} bf16)"
 
 
 def write_results(name: str, table: str, figures: dict) -> None:
