@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from images import cpu_name
+from images import cpu_model
 from published import Run, ensure
 
 import clt
 from clt.atomic import written_aside
-from clt.devices import cpu_supports_bf16, pick_device, resolve_precision
+from clt.devices import pick_device, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -58,12 +57,6 @@ OBJECTIVES: dict[str, tuple[str, list[str]]] = {
     "pair": ("cifar10_simclr_cpu", ["objective={name: pair, margin: 1.0}"]),
     "cosine_pair": ("cifar10_simclr_cpu", ["objective={name: cosine_pair}"]),
 }
-
-
-def cpu_model() -> str:
-    """E.g. '2-core AMD EPYC (native bf16)': bf16 kernels decide which precision `auto` trains in."""
-    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
-    return f"{os.cpu_count()}-core {cpu_name()} ({bf16})"
 
 
 def machine_class(result: dict) -> str:
@@ -182,7 +175,7 @@ def plot_curves(out: Path, path: Path) -> None:
                 minutes, accuracy = zip(*[(s / 60, 100 * a) for s, a in r["curve"]])
                 ax.plot(minutes, accuracy, marker="o", label=r["objective"])
         ax.set(xlabel="pretraining minutes", ylabel="online 200-NN accuracy %",
-               title=f"CIFAR-10, ResNet-20 w16: {out.name}, {machine} CPU")
+               title=f"CIFAR-10, ResNet-20 w16: {out.name}, trained in {machine}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

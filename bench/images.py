@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import clt
+from clt.devices import cpu_supports_bf16
 from clt.exporters import run_onnx
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,6 +44,13 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "cpu"
+
+
+def cpu_model() -> str:
+    """E.g. '2-core AMD EPYC (native bf16)': bf16 kernels decide which precision `auto` trains in,
+    so every bench figure names them beside the CPU."""
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    return f"{os.cpu_count()}-core {cpu_name()} ({bf16})"
 
 
 def main() -> None:

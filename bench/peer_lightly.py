@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from images import cpu_name
+from images import cpu_model, cpu_name
 
 import clt
 from clt.atomic import written_aside
-from clt.devices import cpu_supports_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,17 +265,10 @@ def equal_time(store, args) -> None:
             f"{100 * f['linear']:.2f} |" for name, f in figures.items()]
     text = "\n".join(["| loop | epochs | pretrain wall time | precision | 200-NN % | linear % |",
                       "|---|---|---|---|---|---|", *rows])
-    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_description()}.\n"
+    text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_model()}.\n"
     write_results("peer_lightly_equal_time", text, {**figures, "command": command})
     print(text)
 
-
-
-def cpu_description() -> str:
-    """E.g. 'AMD EPYC (2 cores, no native bf16)': whether bf16 kernels exist sets what a minute buys."""
-    import os
-
-    return f"{cpu_name()} ({os.cpu_count()} cores, {'native' if cpu_supports_bf16() else 'no native'} bf16)"
 
 
 def write_results(name: str, table: str, figures: dict) -> None:
