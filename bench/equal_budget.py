@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from images import cpu_model
-from published import Run, ensure
+from published import Run, ensure, trial_step_seconds
 
 import clt
 from clt.atomic import written_aside
@@ -38,11 +38,12 @@ from clt.devices import pick_device, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TRIAL_IMAGES = 2560  # 10 steps of 256
+BATCH = 256  # SHARED_SETUP's
 TRAIN_IMAGES = 50000
 
 # objective -> (recipe, overrides that put it on the shared encoder, augmentation and batch)
-SHARED_SETUP = ["pretrain.batch_size=256", "pretrain.augment.preset=simclr_cifar", "pretrain.progressive_resize=[]"]
+SHARED_SETUP = [f"pretrain.batch_size={BATCH}", "pretrain.augment.preset=simclr_cifar",
+                "pretrain.progressive_resize=[]"]
 OBJECTIVES: dict[str, tuple[str, list[str]]] = {
     "simclr": ("cifar10_simclr_cpu", []),
     "moco": ("cifar10_moco_cpu", []),
@@ -81,11 +82,7 @@ def result_path(out: Path, name: str, seed: int, machine: str) -> Path:
 
 def epoch_seconds(run: Run, recipe: Path, overrides: list[str]) -> float:
     """Seconds per full-size epoch, from the second of two 10-step epochs (the first warms up)."""
-    trial = clt.pretrain(recipe, overrides=[*overrides, f"data.train_limit={TRIAL_IMAGES}", "pretrain.epochs=2"],
-                         **run.opts())
-    history = json.loads(trial.file("history.json").read_text())
-    per_step = (history[1]["seconds"] - history[0]["seconds"]) / (TRIAL_IMAGES // 256)
-    return per_step * (TRAIN_IMAGES // 256)
+    return trial_step_seconds(recipe, overrides, BATCH, **run.opts()) * (TRAIN_IMAGES // BATCH)
 
 
 def run_one(run: Run, name: str, machine: str, args) -> dict:

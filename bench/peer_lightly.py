@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from images import cpu_model, cpu_name
+from published import trial_step_seconds
 
 import clt
 from clt.atomic import written_aside
@@ -218,11 +219,8 @@ def clt_equal_time(store, data, args) -> tuple[dict, object]:
 
 def clt_encoder_run(store, data, args):
     """Whole epochs, since the recipe's cosine schedule is per epoch: as many as fit args.minutes."""
-    trial = clt.pretrain(CPU_RECIPE, store=store, overrides=[
-        f"pretrain.batch_size={args.batch}", *args.set, "pretrain.epochs=2",
-        f"data.train_limit={TRIAL_STEPS * args.batch}"])
-    history = json.loads(trial.file("history.json").read_text())
-    per_step = (history[1]["seconds"] - history[0]["seconds"]) / TRIAL_STEPS
+    per_step = trial_step_seconds(CPU_RECIPE, [f"pretrain.batch_size={args.batch}", *args.set], args.batch,
+                                  TRIAL_STEPS, store=store)
     epochs = max(1, round(args.minutes * 60 / (per_step * (len(data.train) // args.batch))))
     print(f"== clt: {per_step:.2f} s per step -> {epochs} epochs", file=sys.stderr, flush=True)
     return clt.pretrain(CPU_RECIPE, store=store, overrides=[

@@ -52,6 +52,15 @@ def ensure(run: Run, name: str) -> None:
     clt.download(name, source, **run.opts(device=False))
 
 
+def trial_step_seconds(recipe: str | Path, overrides: list[str], batch: int, steps: int = 10, **opts) -> float:
+    """Seconds per step of `recipe` with `overrides` (which set batch size `batch`), from the second of
+    two `steps`-step epochs on a train_limit of steps x batch images: the first one warms up."""
+    trial = clt.pretrain(recipe, overrides=[*overrides, f"data.train_limit={steps * batch}", "pretrain.epochs=2"],
+                         **opts)
+    history = json.loads(trial.file("history.json").read_text())
+    return (history[1]["seconds"] - history[0]["seconds"]) / steps
+
+
 def recipe(name: str) -> str:
     return str(ROOT / "recipes" / f"{name}.yaml")
 

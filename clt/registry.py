@@ -84,6 +84,10 @@ class ObjectiveEntry:
     target: bool = False  # a momentum (EMA) target network (params.momentum, momentum_schedule)
     queue: str | None = None  # rows kept across steps, from "target" or "online" (params.queue_size)
     gather: bool = True  # with several processes, the loss sees every rank's rows
+    # the loss ignores an offset shared by every embedding (it centres or standardises each
+    # dimension, or reads only distances), so the collapse check centres them first: for it a
+    # shared offset is no collapse, while a constant output still is
+    offset_invariant: bool = False
 
     def compute(self, out: Any, params: Any) -> Any:
         """The loss of one step's clt.methods.ViewOutputs, whichever form the loss takes."""
@@ -105,7 +109,7 @@ def register_encoder(name: str, params: type = NoParams):
 def register_objective(name: str, params: type = NoParams, *, views: int = 1, uses_labels: bool = True,
                        verify: Callable[..., Any] | None = None, score: Callable[..., Any] | None = None,
                        **method: Any):
-    """`method`: reads_views, predictor, target, queue, gather (see ObjectiveEntry)."""
+    """`method`: reads_views, predictor, target, queue, gather, offset_invariant (see ObjectiveEntry)."""
     def deco(fn):
         OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, score,
                                             _first_line(fn.__doc__), **method))

@@ -29,6 +29,31 @@ if TYPE_CHECKING:  # the loop reads a parsed section; it never parses recipes it
 COLLAPSE_STD = 0.1  # fraction of the std that uniformly spread unit vectors have (1/sqrt(D))
 
 
+def divergence_advice(cfg: PretrainConfig, precision: str) -> str:
+    """What to change when the loss turns NaN or infinite, naming only what is not tried already."""
+    knobs = [f"lower pretrain.lr (now {cfg.lr:g})"]
+    if cfg.optimizer == "sgd":  # LARS's per-layer trust ratio bounds each step: it saved VICReg on CIFAR-10
+        knobs.append("use pretrain.optimizer: lars")
+    if precision != "fp32":
+        knobs.append(f"train in fp32 with --precision fp32 (now {precision})")
+    return ", ".join(knobs[:-1]) + " or " + knobs[-1] if len(knobs) > 1 else knobs[0]
+
+
+def collapse_advice(params: Any, lr: float) -> str:
+    """What to change when an objective's embeddings collapse, naming only the knobs it has: the
+    predictor first where it was left out (SimSiam and BYOL collapse without one)."""
+    knobs = []
+    if getattr(params, "predictor_hidden", None) == 0:
+        knobs.append("give it a predictor (objective.predictor_hidden, e.g. 512)")
+    knobs.append(f"lower pretrain.lr (now {lr:g})")
+    if getattr(params, "temperature", None) is not None:
+        knobs.append(f"raise objective.temperature (now {params.temperature:g})")
+    if getattr(params, "momentum", None) is not None:
+        knobs.append(f"slow the target with a higher objective.momentum (now {params.momentum:g})")
+    knobs.append("strengthen pretrain.augment")
+    return ", ".join(knobs[:-1]) + " or " + knobs[-1]
+
+
 class Checkpointer(Protocol):
     def save(self, state: dict[str, Any]) -> None: ...
     def load(self) -> dict[str, Any] | None: ...
@@ -60,9 +85,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_919 + step * 104_729) % (2**63))
 
 
-def embedding_spread(z: torch.Tensor) -> float:
-    """Std of L2-normalised embeddings per dimension, times sqrt(D): ~1 when spread, 0 when collapsed."""
-    z = torch.nn.functional.normalize(z.float(), dim=1)
+def embedding_spread(z: torch.Tensor, centre: bool = False) -> float:
+    """Std of L2-normalised embeddings per dimension, times sqrt(D): ~1 when spread, 0 when collapsed.
+    With `centre`, of the embeddings less their mean, for losses blind to a shared offset."""
+    z = z.float()
+    z = torch.nn.functional.normalize(z - z.mean(0) if centre else z, dim=1)
     return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
 
 
@@ -212,7 +239,8 @@ def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> 
         "epoch": epoch + 1,
         "loss": float(torch.stack(losses).mean()) if losses else float("nan"),
         "lr": loop.optimizer.param_groups[0]["lr"],
-        "embedding_spread": embedding_spread(spread_sample) if spread_sample is not None else float("nan"),
+        "embedding_spread": (embedding_spread(spread_sample, loop.objective.offset_invariant)
+                             if spread_sample is not None else float("nan")),
         "image_height": side,
         "seconds": round(time.perf_counter() - loop.started, 3),
     }
@@ -240,7 +268,7 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         raise TrainingError(
             f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
             f"(global step {global_step + 1}); the last good checkpoint is kept",
-            f"lower pretrain.lr (now {cfg.lr:g}) or use --precision fp32 (now {loop.precision})")
+            divergence_advice(cfg, loop.precision))
     loop.optimizer.zero_grad(set_to_none=True)
     if loop.scaler:
         loop.scaler.scale(loss).backward()

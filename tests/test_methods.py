@@ -22,7 +22,7 @@ from clt.objectives.moco import info_nce
 from clt.objectives.vicreg import VICRegParams, vicreg
 from clt.recipe import PretrainConfig
 from clt.registry import OBJECTIVES
-from clt.train import pretrain
+from clt.train import collapse_advice, pretrain
 from tests.test_train import _images
 
 VIEW_OBJECTIVES = ["moco", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr"]
@@ -231,6 +231,22 @@ def test_simsiam_without_predictor_collapses_and_is_warned_about():
     _, without = _train("simsiam", 3, model_type=_NoBatchNorm, predictor_hidden=0)
     assert without.history[-1]["collapse_warning"] and not with_predictor.history[-1]["collapse_warning"]
     assert without.history[-1]["embedding_spread"] < with_predictor.history[-1]["embedding_spread"]
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_collapse_advice_names_only_the_knobs_the_objective_has(name):
+    params = OBJECTIVES[name].params()
+    advice = collapse_advice(params, lr=0.3)
+    assert "pretrain.lr (now 0.3)" in advice and "pretrain.augment" in advice
+    assert ("objective.temperature" in advice) == hasattr(params, "temperature")
+    assert ("objective.momentum" in advice) == hasattr(params, "momentum")
+    assert "predictor" not in advice  # every default that has a predictor keeps it
+
+
+@pytest.mark.parametrize("name", ["simsiam", "byol"])
+def test_collapse_advice_puts_a_missing_predictor_first(name):
+    advice = collapse_advice(OBJECTIVES[name].params(predictor_hidden=0), lr=0.05)
+    assert advice.startswith("give it a predictor (objective.predictor_hidden")
 
 
 @pytest.mark.parametrize("name", VIEW_OBJECTIVES)

@@ -15,6 +15,7 @@ import torch
 from clt.methods import ViewOutputs
 from clt.objectives.mining import TRIPLET_MINERS, squared_distances
 from clt.registry import OBJECTIVES
+from clt.train import COLLAPSE_STD, embedding_spread
 
 VALUE_TOL = {"rtol": 1e-5, "atol": 1e-6}
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}
@@ -562,6 +563,37 @@ def test_every_objective_gives_finite_loss_and_gradients(name, dtype):
     assert trained.grad.abs().sum() > 0
     if not entry.uses_labels:
         torch.testing.assert_close(loss_at(torch.zeros_like(labels)), loss.detach())
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_offset_invariant_says_whether_the_loss_ignores_a_shared_offset(name):
+    """The flag decides how the collapse check measures spread, so it must match the loss itself."""
+    entry = OBJECTIVES[name]
+    params = entry.params()
+    n, dim = 8, 16
+    labels = (torch.arange(n) % 3).repeat(entry.views)
+    rows = {"z": leaf(n * entry.views, dim, 0, dtype=torch.float64).detach(),
+            "p": leaf(n * entry.views, dim, 3, dtype=torch.float64).detach() if entry.predictor else None,
+            "target": leaf(n * entry.views, dim, 1, dtype=torch.float64).detach() if entry.target else None,
+            "queue": leaf(20, dim, 2, dtype=torch.float64).detach() if entry.queue else None}
+
+    def loss_with(offset):
+        shifted = {k: v + offset if v is not None else None for k, v in rows.items()}
+        if not entry.reads_views:
+            return entry.loss(shifted["z"], labels, params)
+        return entry.loss(ViewOutputs(shifted["z"], labels, p=shifted["p"], target=shifted["target"],
+                                      queue=shifted["queue"]), params)
+
+    offset = 3.0 * torch.randn(dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    unchanged = torch.allclose(loss_with(offset), loss_with(0.0), rtol=1e-4, atol=1e-7)
+    assert unchanged == entry.offset_invariant
+
+
+def test_centred_spread_sees_past_a_shared_offset_but_not_a_constant_output():
+    z = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    offset = 20 * torch.ones(32)
+    assert embedding_spread(z + offset) < COLLAPSE_STD < 0.9 < embedding_spread(z + offset, centre=True)
+    assert embedding_spread(offset.expand(256, 32), centre=True) < COLLAPSE_STD
 
 
 @pytest.mark.parametrize("mining", sorted(TRIPLET_MINERS))

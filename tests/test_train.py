@@ -55,6 +55,30 @@ def test_progressive_resize_side_not_below_the_images_is_refused():
         _pretrain(_Recorder(), cfg)
 
 
+class _Diverged(nn.Module):
+    """An encoder whose outputs are NaN: the first loss is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3)) * float("nan")
+
+
+@pytest.mark.parametrize("optimizer, precision", [("sgd", "fp32"), ("adam", "fp32"), ("sgd", "bf16")])
+def test_a_diverged_loss_stops_training_with_advice_that_names_only_untried_fixes(optimizer, precision):
+    entry = OBJECTIVES["triplet"]
+    cfg = PretrainConfig(epochs=2, batch_size=16, optimizer=optimizer, lr=0.5)
+    with pytest.raises(TrainingError, match="the loss became nan at epoch 1, step 1") as caught:
+        pretrain(_Diverged(), entry, entry.params(), _images(), cfg, device=torch.device("cpu"),
+                 precision=precision, seed=0)
+    hint = caught.value.hint
+    assert "lower pretrain.lr (now 0.5)" in hint
+    assert ("optimizer: lars" in hint) == (optimizer == "sgd")
+    assert ("--precision fp32" in hint) == (precision != "fp32")
+
+
 def test_downscale_keeps_the_aspect_ratio_and_averages_without_aliasing():
     stripes = torch.zeros(2, 3, 16, 32)
     stripes[..., ::2] = 1.0  # one-pixel stripes: point sampling would give all 0 or all 1

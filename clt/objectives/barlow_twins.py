@@ -31,7 +31,8 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> t
     return on_diagonal + lambda_offdiag * off_diagonal
 
 
-@register_objective("barlow_twins", BarlowTwinsParams, views=2, uses_labels=False, reads_views=True)
+@register_objective("barlow_twins", BarlowTwinsParams, views=2, uses_labels=False, reads_views=True,
+                    offset_invariant=True)
 def barlow_twins_loss(out, params: BarlowTwinsParams) -> torch.Tensor:
     """Over the global batch (the paper all-reduces C), so several processes see every rank's rows."""
     z1, z2 = out.halves("z")

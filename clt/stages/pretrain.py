@@ -218,9 +218,11 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
         # kept beside the checkpoint, so a killed and resumed run keeps its earlier snapshots
         save_module_atomic(encoder, snapshot_dir / f"snapshot-epoch{record['epoch']:04d}.safetensors")
     if record["collapse_warning"]:
+        from clt.train import collapse_advice
+
         ctx.report.warn(f"epoch {record['epoch']}: the embeddings are collapsing (spread "
-                        f"{record['embedding_spread']:.3f}, ~1 is healthy): lower the learning rate, raise "
-                        "the temperature or strengthen augmentation")
+                        f"{record['embedding_spread']:.3f}, ~1 is healthy): "
+                        f"{collapse_advice(run.params, recipe.pretrain.lr)}")
 
 
 def _write_encoder(tmp: Path, recipe, encoder, history: list[dict[str, Any]], snapshot_dir: Path | None) -> None:
