@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clt import stages
+from clt.devices import pick_device, resolve_precision
 from clt.store import MANIFEST, MANIFEST_SUM, Store
 
 HEX = set("0123456789abcdef")
@@ -558,7 +559,9 @@ def test_divergence_stops_with_a_hint_and_keeps_the_checkpoint(store_copy: Train
     assert "nan" in error or "inf" in error
     assert "step 2" in error  # step 1 is finite; its update sends the weights to ~1e30
     fix = ran.stderr.split("fix:", 1)[1]
-    assert "pretrain.lr" in fix and "precision" in fix
+    trained_in = resolve_precision("auto", pick_device("auto"))
+    assert "pretrain.lr (now 1e+30)" in fix
+    assert ("--precision fp32" in fix) == (trained_in != "fp32")  # never to a run already in fp32
     checkpoint = work_checkpoint(root)
     assert checkpoint is not None, "the checkpoint written before the divergence is gone"
     assert checkpoint_position(checkpoint) == (0, 1)
