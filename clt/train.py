@@ -29,14 +29,19 @@ if TYPE_CHECKING:  # the loop reads a parsed section; it never parses recipes it
 COLLAPSE_STD = 0.1  # fraction of the std that uniformly spread unit vectors have (1/sqrt(D))
 
 
+def _one_of(knobs: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return " or ".join(filter(None, [", ".join(knobs[:-1]), knobs[-1]]))
+
+
 def divergence_advice(cfg: PretrainConfig, precision: str) -> str:
     """What to change when the loss turns NaN or infinite, naming only what is not tried already."""
     knobs = [f"lower pretrain.lr (now {cfg.lr:g})"]
-    if cfg.optimizer == "sgd":  # LARS's per-layer trust ratio bounds each step: it saved VICReg on CIFAR-10
+    if cfg.optimizer == "sgd":  # LARS's per-layer trust ratio bounds each layer's step, whatever the loss scale
         knobs.append("use pretrain.optimizer: lars")
     if precision != "fp32":
         knobs.append(f"train in fp32 with --precision fp32 (now {precision})")
-    return ", ".join(knobs[:-1]) + " or " + knobs[-1] if len(knobs) > 1 else knobs[0]
+    return _one_of(knobs)
 
 
 def collapse_advice(params: Any, lr: float) -> str:
@@ -51,7 +56,7 @@ def collapse_advice(params: Any, lr: float) -> str:
     if getattr(params, "momentum", None) is not None:
         knobs.append(f"slow the target with a higher objective.momentum (now {params.momentum:g})")
     knobs.append("strengthen pretrain.augment")
-    return ", ".join(knobs[:-1]) + " or " + knobs[-1]
+    return _one_of(knobs)
 
 
 class Checkpointer(Protocol):
