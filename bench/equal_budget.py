@@ -17,6 +17,7 @@ one without, so rows are only compared within one machine class: the tables of e
 curves of seed 0 are drawn in docs/equal_budget_curves.png, one panel per class.
 
     python bench/equal_budget.py simclr moco --budget 1800 --seed 0
+    python bench/equal_budget.py --untrained      # only the floor: the encoder as initialised
     python bench/equal_budget.py --table          # only rewrite the table
     python bench/equal_budget.py simclr --budget 7200 --monitor-points 10 --results simclr_2h
 """
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BATCH = 256  # SHARED_SETUP's
 TRAIN_IMAGES = 50000
+UNTRAINED = "untrained"  # the baseline row's name: no pretraining at all
 
 # objective -> (recipe, overrides that put it on the shared encoder, augmentation and batch)
 SHARED_SETUP = [f"pretrain.batch_size={BATCH}", "pretrain.augment.preset=simclr_cifar",
@@ -115,6 +117,25 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
     }
 
 
+def run_untrained(run: Run, machine: str, args) -> dict:
+    """The floor every row is read against: the shared encoder as initialised (`pretrain.epochs=0`,
+    the seed's weights), through the same linear probe and 200-NN vote."""
+    recipe_name, extra = OBJECTIVES["simclr"]
+    overrides = [*SHARED_SETUP, *extra, *args.set, f"seed={args.seed}", "pretrain.epochs=0"]
+    started = time.time()
+    encoder = clt.pretrain(ROOT / "recipes" / f"{recipe_name}.yaml", overrides=overrides, **run.opts())
+    probe = clt.probe(encoder.id, **run.opts())
+    return {
+        "objective": UNTRAINED, "recipe": recipe_name, "overrides": overrides, "seed": args.seed, "budget_s": 0,
+        "trial_epoch_s": 0.0, "epochs": 0, "pretrain_s": 0.0, "curve": [],
+        "linear": clt.evaluate(probe.id, **run.opts()).metrics["accuracy"],
+        "knn200": clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"],
+        "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "machine": machine,
+        "precision": encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),
+        "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
+    }
+
+
 def results_by_machine(out: Path) -> dict[str, list[dict]]:
     by_machine: dict[str, list[dict]] = {}
     for path in sorted(out.glob("*.json")):
@@ -147,7 +168,8 @@ def machine_table(out: Path, machine: str, rows: list[dict]) -> str:
 
         online = [r["curve"][-1][1] for r in rs if r["curve"]]
         online_text = f"{100 * sum(online) / len(online):.1f}" if online else "–"
-        lines.append(f"| {name} | {len(rs)} | {'/'.join(str(r['epochs']) for r in rs)} | "
+        shown = f"{name} (no pretraining)" if name == UNTRAINED else name
+        lines.append(f"| {shown} | {len(rs)} | {'/'.join(str(r['epochs']) for r in rs)} | "
                      f"{mean('pretrain_s') / 60:.1f} min | {100 * mean('knn200'):.2f} | {100 * mean('linear'):.2f} | "
                      f"{online_text} |")
     cpus = sorted({r["cpu"] for r in rows})
@@ -194,6 +216,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     parser.add_argument("--force", action="store_true", help="rerun objectives that already have a result")
+    parser.add_argument("--untrained", action="store_true",
+                        help="also score the encoder as initialised (no pretraining), the floor of the table")
     parser.add_argument("--table", action="store_true", help="only rewrite the table and the curve picture")
     args = parser.parse_args()
     unknown = [n for n in args.objectives if n not in OBJECTIVES]
@@ -205,12 +229,12 @@ def main() -> None:
         run = Run(args.artifacts, args.device)
         ensure(run, "cifar10")
         machine = planned_machine_class(args)
-        for name in args.objectives or OBJECTIVES:
+        for name in [*(args.objectives or ([] if args.untrained else OBJECTIVES)), *([UNTRAINED] * args.untrained)]:
             path = result_path(out, name, args.seed, machine)
             if path.exists() and not args.force:
                 print(f"== {name}: kept {path.name}", file=sys.stderr)
                 continue
-            result = run_one(run, name, machine, args)
+            result = run_untrained(run, machine, args) if name == UNTRAINED else run_one(run, name, machine, args)
             with written_aside(path) as tmp:
                 tmp.write_text(json.dumps(result, indent=1))
             print(write_table(out), flush=True)
