@@ -110,6 +110,7 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
         "pretrain_s": encoder.manifest.get("wall_time_s"), "linear": linear, "knn200": knn,
         "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
         "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
+        "final_rank": history[-1].get("embedding_rank"),
         "monitor_s": round(sum(h.get("monitor_seconds", 0.0) for h in history), 1),
         "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "machine": machine, "precision":
             encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),

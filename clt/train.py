@@ -98,6 +98,22 @@ def embedding_spread(z: torch.Tensor, centre: bool = False) -> float:
     return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
 
 
+def embedding_rank(z: torch.Tensor) -> float:
+    """Effective rank of the centred embeddings: exp of the entropy of their normalised singular values
+    (Roy & Vetterli 2007). D when every direction is used alike, 1 when one is, 0 for a constant.
+    It sees what the spread cannot: embeddings spread along a few directions (dimensional collapse)."""
+    z = z.float()
+    if not bool(torch.isfinite(z).all()):
+        return float("nan")
+    singular = torch.linalg.svdvals(z - z.mean(0))
+    # the centring of a constant leaves rounding noise, whose singular values would read as many directions
+    if float(singular.sum()) <= 1e-5 * float(torch.linalg.norm(z)):
+        return 0.0
+    share = singular / singular.sum()
+    share = share[share > 0]
+    return float(torch.exp(-(share * share.log()).sum()))
+
+
 def pretrain(
     model: nn.Module,
     objective: ObjectiveEntry,
@@ -225,7 +241,7 @@ def _resume(loop: _Loop) -> tuple[int, int, list[float]]:
 
 
 def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> dict[str, Any]:
-    """Steps `first`.. of one epoch; its record (mean loss, spread of the last batch, lr, height, time)."""
+    """Steps `first`.. of one epoch; its record (mean loss, spread and rank of the last batch, lr, height, time)."""
     loop.model.train()
     order = epoch_order(len(loop.data.train), loop.seed, epoch, loop.device)
     losses: list[torch.Tensor] = [torch.tensor(v) for v in resumed_losses]
@@ -246,6 +262,8 @@ def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> 
         "lr": loop.optimizer.param_groups[0]["lr"],
         "embedding_spread": (embedding_spread(spread_sample, loop.objective.offset_invariant)
                              if spread_sample is not None else float("nan")),
+        "embedding_rank": embedding_rank(spread_sample) if spread_sample is not None else float("nan"),
+        "embedding_dim": int(spread_sample.shape[1]) if spread_sample is not None else 0,
         "image_height": side,
         "seconds": round(time.perf_counter() - loop.started, 3),
     }

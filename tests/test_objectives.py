@@ -15,7 +15,7 @@ import torch
 from clt.methods import ViewOutputs
 from clt.objectives.mining import TRIPLET_MINERS, squared_distances
 from clt.registry import OBJECTIVES
-from clt.train import COLLAPSE_STD, embedding_spread
+from clt.train import COLLAPSE_STD, embedding_rank, embedding_spread
 
 VALUE_TOL = {"rtol": 1e-5, "atol": 1e-6}
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}
@@ -594,6 +594,18 @@ def test_centred_spread_sees_past_a_shared_offset_but_not_a_constant_output():
     offset = 20 * torch.ones(32)
     assert embedding_spread(z + offset) < COLLAPSE_STD < 0.9 < embedding_spread(z + offset, centre=True)
     assert embedding_spread(offset.expand(256, 32), centre=True) < COLLAPSE_STD
+
+
+def test_effective_rank_counts_the_directions_the_embeddings_use_which_the_spread_cannot():
+    generator = torch.Generator().manual_seed(0)
+    isotropic = torch.randn(256, 32, generator=generator)
+    # four directions in 32 dimensions, then a shared offset: spread and rank disagree
+    few = torch.randn(256, 4, generator=generator) @ torch.linalg.qr(torch.randn(32, 4, generator=generator))[0].T
+    assert 24 < embedding_rank(isotropic) <= 32
+    assert 3.5 < embedding_rank(few + 5.0) <= 4.0 + 1e-4
+    assert embedding_spread(few, centre=True) > 0.4  # the spread alone reads few directions as healthy
+    assert embedding_rank(torch.full((256, 32), 0.3)) == 0.0
+    assert math.isnan(embedding_rank(torch.full((8, 4), float("nan"))))
 
 
 @pytest.mark.parametrize("mining", sorted(TRIPLET_MINERS))

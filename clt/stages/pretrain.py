@@ -212,7 +212,8 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
         record["knn_accuracy"], record["monitor_seconds"] = run.monitor.score(encoder)
         scored = f", {run.monitor.cfg.knn}-NN {record['knn_accuracy']:.2%} ({record['monitor_seconds']:.1f} s)"
     ctx.report.info(f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
-                    f"embedding spread {record['embedding_spread']:.3f}{scored}")
+                    f"embedding spread {record['embedding_spread']:.3f}, "
+                    f"rank {record['embedding_rank']:.1f} of {record['embedding_dim']}{scored}")
     every = recipe.pretrain.snapshot_every
     if snapshot_dir is not None and every and record["epoch"] % every == 0:
         # kept beside the checkpoint, so a killed and resumed run keeps its earlier snapshots
@@ -248,6 +249,7 @@ def _manifest(recipe, run: _Setup, result, device: str) -> dict[str, Any]:
                     "in_shape": list(run.data.in_shape), "out_dim": run.encoder.out_dim},
         "metrics": {"final_loss": last.get("loss"), "epochs": recipe.pretrain.epochs,
                     "embedding_spread": last.get("embedding_spread"),
+                    "embedding_rank": last.get("embedding_rank"),
                     "train_seconds": round(result.seconds, 2), "train_images": len(run.data.train),
                     "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1),
                     **({"monitor_knn_accuracy": last["knn_accuracy"]} if "knn_accuracy" in last else {})},
