@@ -1,0 +1,43 @@
+"""Spread and effective rank of the projections of stored equal-budget encoders on CIFAR-10 test images.
+
+The epoch line of `clt pretrain` gives both for one training batch; this reads them off the projection
+head in eval mode on 2,560 test images, for the encoders that bench/equal_budget.py kept:
+
+    python bench/projection_rank.py bench/results/equal_budget/*-fp32.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import clt
+from clt.train import embedding_rank, embedding_spread
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = 2560
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="equal-budget result JSON files")
+    parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
+    args = parser.parse_args()
+    print("| encoder | spread of the outputs | spread after centring | effective rank | 200-NN % |")
+    print("|---|---|---|---|---|")
+    for path in args.results:
+        result = json.loads(path.read_text())
+        if not result["epochs"]:
+            continue  # the untrained row has no trained projection head to read
+        embedded = clt.embed(result["ids"]["encoder"], split="test", projector=True, store=args.artifacts)
+        z = torch.from_numpy(np.load(embedded.file("embeddings.npy"))[:IMAGES])
+        print(f"| {result['objective']} | {embedding_spread(z):.2f} | {embedding_spread(z, centre=True):.2f} | "
+              f"{embedding_rank(z):.1f} of {z.shape[1]} | {100 * result['knn200']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
