@@ -13,10 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import clt
-from clt.train import embedding_rank, embedding_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 2560
@@ -34,9 +32,9 @@ def main() -> None:
         if not result["epochs"]:
             continue  # the untrained row has no trained projection head to read
         embedded = clt.embed(result["ids"]["encoder"], split="test", projector=True, store=args.artifacts)
-        z = torch.from_numpy(np.load(embedded.file("embeddings.npy"))[:IMAGES])
-        print(f"| {result['objective']} | {embedding_spread(z):.2f} | {embedding_spread(z, centre=True):.2f} | "
-              f"{embedding_rank(z):.1f} of {z.shape[1]} | {100 * result['knn200']:.2f} |", flush=True)
+        shape = clt.embedding_geometry(np.load(embedded.file("embeddings.npy"))[:IMAGES])
+        print(f"| {result['objective']} | {shape['spread']:.2f} | {shape['centred_spread']:.2f} | "
+              f"{shape['effective_rank']:.1f} of {shape['dim']} | {100 * result['knn200']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ See `clt.api` for every function.
 from clt.version import __version__
 
 _API = ("Classifier", "CltError", "Encoder", "ProgressEvent", "Result", "baseline_logreg", "baseline_scratch",
-        "compare", "download", "embed", "evaluate", "export", "gc", "index", "list_artifacts", "load_index",
+        "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
+        "list_artifacts", "load_index",
         "predict", "search", "load_classifier", "load_dataset",
         "load_encoder", "open_store", "pretrain", "probe", "show", "tsne", "verify", "views")
 

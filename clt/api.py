@@ -28,7 +28,8 @@ from clt.store import Artifact, Store, default_root
 StoreLike = Store | str | Path | None
 
 __all__ = ["Classifier", "CltError", "Encoder", "ProgressEvent", "Result", "baseline_logreg", "baseline_scratch",
-           "compare", "download", "embed", "evaluate", "export", "gc", "index", "launch_distributed", "list_artifacts",
+           "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
+           "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
            "probe", "search", "show", "tsne", "verify", "views"]
 
@@ -152,6 +153,25 @@ def embed(encoder: str | None = None, *, split: str = "test", projector: bool = 
     encoder_art = ctx.store.resolve_named(encoder, ("encoder",), hint="train one first: clt pretrain RECIPE")
     made = stages.embed_images(ctx, encoder_art, [str(i) for i in images], str(out) if out is not None else None)
     return made if isinstance(made, Path) else _result(made)
+
+
+def embedding_geometry(vectors: Any) -> dict[str, float]:
+    """How (N, D) embeddings fill their space: `spread` (~1 when spread, 0 when collapsed), the same
+    after centring (for losses blind to a shared offset), and `effective_rank` (how many of the D
+    directions they use; low when they narrow to a few, which the spread cannot see).
+
+    Example: clt.embedding_geometry(np.load(clt.embed(encoder_id).file("embeddings.npy")))["effective_rank"]
+    """
+    import torch
+
+    from clt.train import embedding_rank, embedding_spread
+
+    z = torch.as_tensor(vectors).float()
+    if z.ndim != 2 or len(z) < 2:
+        raise CltError(f"embeddings of shape {tuple(z.shape)} have no geometry to measure",
+                       "pass an (N, D) array with N >= 2, e.g. np.load(...embeddings.npy)")
+    return {"spread": embedding_spread(z), "centred_spread": embedding_spread(z, centre=True),
+            "effective_rank": embedding_rank(z), "dim": int(z.shape[1])}
 
 
 def predict(ref: str | None, images: Sequence[str | Path], *, top: int = 1, knn: int | None = None,

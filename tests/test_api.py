@@ -142,3 +142,14 @@ def test_the_readme_python_example_runs(tmp_path: Path):
     accuracy_line, shape_line = proc.stdout.strip().splitlines()
     assert 0.1 < float(accuracy_line.split()[-1]) <= 1
     assert shape_line.startswith("(5, 128) ['")
+
+
+def test_embedding_geometry_tells_few_directions_from_many_and_refuses_a_single_row():
+    generator = np.random.default_rng(0)
+    many = generator.normal(size=(512, 32))
+    few = generator.normal(size=(512, 3)) @ generator.normal(size=(3, 32))
+    wide, narrow = clt.embedding_geometry(many), clt.embedding_geometry(few)
+    assert wide["dim"] == narrow["dim"] == 32
+    assert narrow["effective_rank"] <= 3.0 + 1e-4 < 20 < wide["effective_rank"]
+    with pytest.raises(clt.CltError, match="shape"):
+        clt.embedding_geometry(many[:1])
