@@ -100,9 +100,7 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
           flush=True)
     started = time.time()
     encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
-    probe = clt.probe(encoder.id, **run.opts())
-    linear = clt.evaluate(probe.id, **run.opts()).metrics["accuracy"]
-    knn = clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"]
+    probe, linear, knn = read_out(run, encoder)
     history = json.loads(encoder.file("history.json").read_text())
     return {
         "objective": name, "recipe": recipe_name, "overrides": overrides + schedule, "seed": args.seed,
@@ -118,6 +116,13 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
     }
 
 
+def read_out(run: Run, encoder) -> tuple:
+    """The probe, its linear accuracy and the 200-NN accuracy: how every row is scored."""
+    probe = clt.probe(encoder.id, **run.opts())
+    linear = clt.evaluate(probe.id, **run.opts()).metrics["accuracy"]
+    return probe, linear, clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"]
+
+
 def run_untrained(run: Run, machine: str, args) -> dict:
     """The floor every row is read against: the shared encoder as initialised (`pretrain.epochs=0`,
     the seed's weights), through the same linear probe and 200-NN vote."""
@@ -125,12 +130,10 @@ def run_untrained(run: Run, machine: str, args) -> dict:
     overrides = [*SHARED_SETUP, *extra, *args.set, f"seed={args.seed}", "pretrain.epochs=0"]
     started = time.time()
     encoder = clt.pretrain(ROOT / "recipes" / f"{recipe_name}.yaml", overrides=overrides, **run.opts())
-    probe = clt.probe(encoder.id, **run.opts())
+    probe, linear, knn = read_out(run, encoder)
     return {
         "objective": UNTRAINED, "recipe": recipe_name, "overrides": overrides, "seed": args.seed, "budget_s": 0,
-        "trial_epoch_s": 0.0, "epochs": 0, "pretrain_s": 0.0, "curve": [],
-        "linear": clt.evaluate(probe.id, **run.opts()).metrics["accuracy"],
-        "knn200": clt.evaluate(probe.id, knn=200, **run.opts()).metrics["knn_accuracy"],
+        "trial_epoch_s": 0.0, "epochs": 0, "pretrain_s": 0.0, "curve": [], "linear": linear, "knn200": knn,
         "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "machine": machine,
         "precision": encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),
         "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
@@ -230,7 +233,8 @@ def main() -> None:
         run = Run(args.artifacts, args.device)
         ensure(run, "cifar10")
         machine = planned_machine_class(args)
-        for name in [*(args.objectives or ([] if args.untrained else OBJECTIVES)), *([UNTRAINED] * args.untrained)]:
+        names = args.objectives or ([] if args.untrained else list(OBJECTIVES))  # --untrained alone: only the floor
+        for name in names + [UNTRAINED] * args.untrained:
             path = result_path(out, name, args.seed, machine)
             if path.exists() and not args.force:
                 print(f"== {name}: kept {path.name}", file=sys.stderr)
