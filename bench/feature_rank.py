@@ -1,9 +1,10 @@
-"""Spread and effective rank of the projections of stored equal-budget encoders on CIFAR-10 test images.
+"""Spread and effective rank of the features of stored equal-budget encoders on CIFAR-10 test images.
 
-The epoch line of `clt pretrain` gives both for one training batch; this reads them off the projection
-head in eval mode on 2,560 test images, for the encoders that bench/equal_budget.py kept:
+The epoch line of `clt pretrain` gives both for the projection head's outputs on one training batch;
+this reads them off the encoder's features (what the linear probe and the 200-NN vote read, in eval
+mode, before any projection head) on 2,560 test images, for the encoders bench/equal_budget.py kept:
 
-    python bench/projection_rank.py bench/results/equal_budget/*-fp32.json
+    python bench/feature_rank.py bench/results/equal_budget/*-fp32.json
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path, help="equal-budget result JSON files")
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     args = parser.parse_args()
-    print("| encoder | spread of the outputs | spread after centring | effective rank | 200-NN % |")
+    print("| encoder | spread of the features | spread after centring | effective rank | 200-NN % |")
     print("|---|---|---|---|---|")
     for path in args.results:
         result = json.loads(path.read_text())
         if not result["epochs"]:
-            continue  # the untrained row has no trained projection head to read
-        embedded = clt.embed(result["ids"]["encoder"], split="test", projector=True, store=args.artifacts)
+            continue  # the untrained row's features are the floor, not a trained encoder's
+        embedded = clt.embed(result["ids"]["encoder"], split="test", store=args.artifacts)
         shape = clt.embedding_geometry(np.load(embedded.file("embeddings.npy"))[:IMAGES])
         print(f"| {result['objective']} | {shape['spread']:.2f} | {shape['centred_spread']:.2f} | "
               f"{shape['effective_rank']:.1f} of {shape['dim']} | {100 * result['knn200']:.2f} |", flush=True)
