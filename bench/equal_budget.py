@@ -99,12 +99,20 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
     print(f"== {name}: {per_epoch:.0f} s per epoch -> {epochs} epochs for {args.budget} s", file=sys.stderr,
           flush=True)
     started = time.time()
-    encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
+    row = {"objective": name, "recipe": recipe_name, "overrides": overrides + schedule, "seed": args.seed,
+           "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs}
+    try:
+        encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
+    except clt.TrainingError as error:  # a row that diverges is a result too; the other rows still run
+        print(f"== {name}: diverged: {error}", file=sys.stderr, flush=True)
+        return {**row, "diverged": str(error).splitlines()[0].split(";")[0], "linear": None, "knn200": None, "curve": [],
+                "pretrain_s": round(time.time() - started, 1), "cpu": cpu_model(), "machine": machine,
+                "precision": machine.rsplit("-", 1)[-1], "total_s": round(time.time() - started, 1),
+                "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
     probe, linear, knn = read_out(run, encoder)
     history = json.loads(encoder.file("history.json").read_text())
     return {
-        "objective": name, "recipe": recipe_name, "overrides": overrides + schedule, "seed": args.seed,
-        "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs,
+        **row,
         "pretrain_s": encoder.manifest.get("wall_time_s"), "linear": linear, "knn200": knn,
         "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
         "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
@@ -164,9 +172,11 @@ def machine_table(out: Path, machine: str, rows: list[dict]) -> str:
     lines = [f"## Trained in {machine}", "",
              "| objective | seeds | epochs | pretrain wall time | 200-NN % | linear % | online 200-NN at the end % |",
              "|---|---|---|---|---|---|---|"]
-    order = sorted(by_name, key=lambda n: -sum(r["knn200"] for r in by_name[n]) / len(by_name[n]))
+    scored = {n: [r for r in rs if not r.get("diverged")] for n, rs in by_name.items()}
+    order = sorted((n for n in scored if scored[n]),
+                   key=lambda n: -sum(r["knn200"] for r in scored[n]) / len(scored[n]))
     for name in order:
-        rs = by_name[name]
+        rs = scored[name]
         def mean(key: str, rs: list[dict] = rs) -> float:
             return sum(r[key] for r in rs) / len(rs)
 
@@ -176,6 +186,9 @@ def machine_table(out: Path, machine: str, rows: list[dict]) -> str:
         lines.append(f"| {shown} | {len(rs)} | {'/'.join(str(r['epochs']) for r in rs)} | "
                      f"{mean('pretrain_s') / 60:.1f} min | {100 * mean('knn200'):.2f} | {100 * mean('linear'):.2f} | "
                      f"{online_text} |")
+    for r in (r for r in rows if r.get("diverged")):  # after the scored rows, with what stopped them
+        lines.append(f"| {r['objective']} (seed {r['seed']}) | – | {r['epochs']} planned | "
+                     f"{r['pretrain_s'] / 60:.1f} min | diverged: {r['diverged']} | – | – |")
     cpus = sorted({r["cpu"] for r in rows})
     text = "\n".join(lines) + f"\n\nMachine: {', '.join(cpus)}; precision {machine}.\n"
     if out.name == "equal_budget":  # the table of every objective; other folders hold single runs

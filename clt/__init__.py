@@ -16,7 +16,7 @@ _API = ("Classifier", "CltError", "Encoder", "ProgressEvent", "Result", "baselin
         "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
         "list_artifacts", "load_index",
         "predict", "search", "load_classifier", "load_dataset",
-        "load_encoder", "open_store", "pretrain", "probe", "show", "tsne", "verify", "views")
+        "load_encoder", "open_store", "pretrain", "probe", "show", "TrainingError", "tsne", "verify", "views")
 
 __all__ = ["__version__", *_API]
 
