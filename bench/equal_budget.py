@@ -103,12 +103,11 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
            "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs}
     try:
         encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
-    except clt.TrainingError as error:  # a row that diverges is a result too; the other rows still run
+    except clt.DivergenceError as error:  # a row that diverges is a result too; the other rows still run
         print(f"== {name}: diverged: {error}", file=sys.stderr, flush=True)
-        return {**row, "diverged": str(error).splitlines()[0].split(";")[0], "linear": None, "knn200": None, "curve": [],
-                "pretrain_s": round(time.time() - started, 1), "cpu": cpu_model(), "machine": machine,
-                "precision": machine.rsplit("-", 1)[-1], "total_s": round(time.time() - started, 1),
-                "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
+        return {**row, "diverged": error.message.split(";")[0], "linear": None, "knn200": None, "curve": [],
+                "pretrain_s": round(time.time() - started, 1),
+                **provenance(machine, machine.rsplit("-", 1)[-1], started)}
     probe, linear, knn = read_out(run, encoder)
     history = json.loads(encoder.file("history.json").read_text())
     return {
@@ -118,10 +117,16 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
         "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
         "final_rank": history[-1].get("embedding_rank"),
         "monitor_s": round(sum(h.get("monitor_seconds", 0.0) for h in history), 1),
-        "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "machine": machine, "precision":
-            encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),
-        "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
+        "ids": {"encoder": encoder.id, "probe": probe.id},
+        **provenance(machine, encoder.manifest.get("precision"), started),
     }
+
+
+def provenance(machine: str, precision: str | None, started: float) -> dict:
+    """Where, in what precision and by which command a row was made, and its seconds in all."""
+    return {"cpu": cpu_model(), "machine": machine, "precision": precision,
+            "total_s": round(time.time() - started, 1),
+            "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
 
 
 def read_out(run: Run, encoder) -> tuple:
@@ -142,9 +147,8 @@ def run_untrained(run: Run, machine: str, args) -> dict:
     return {
         "objective": UNTRAINED, "recipe": recipe_name, "overrides": overrides, "seed": args.seed, "budget_s": 0,
         "trial_epoch_s": 0.0, "epochs": 0, "pretrain_s": 0.0, "curve": [], "linear": linear, "knn200": knn,
-        "ids": {"encoder": encoder.id, "probe": probe.id}, "cpu": cpu_model(), "machine": machine,
-        "precision": encoder.manifest.get("precision"), "total_s": round(time.time() - started, 1),
-        "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
+        "ids": {"encoder": encoder.id, "probe": probe.id},
+        **provenance(machine, encoder.manifest.get("precision"), started),
     }
 
 

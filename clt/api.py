@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clt import stages
-from clt.errors import CltError, DataError, TrainingError
+from clt.errors import CltError, DataError, DivergenceError
 from clt.stages import Context, ProgressEvent, Reporter
 from clt.stages.context import ProgressCallback
 from clt.stages.inference import Classifier, Encoder, classifier_for, encoder_for
@@ -27,11 +27,12 @@ from clt.store import Artifact, Store, default_root
 
 StoreLike = Store | str | Path | None
 
-__all__ = ["Classifier", "CltError", "Encoder", "ProgressEvent", "Result", "baseline_logreg", "baseline_scratch",
+__all__ = ["Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEvent", "Result", "baseline_logreg",
+           "baseline_scratch",
            "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
            "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
-           "probe", "search", "show", "TrainingError", "tsne", "verify", "views"]
+           "probe", "search", "show", "tsne", "verify", "views"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | N
              device: str = "auto", precision: str | None = None, store: StoreLike = None,
              progress: ProgressCallback | None = None) -> Result | None:
     """Train an encoder with a recipe's objective (None on ranks other than 0 of a distributed run).
-    Raises clt.TrainingError when the loss turns NaN or infinite (the last good checkpoint is kept).
+    Raises clt.DivergenceError when the loss turns NaN or infinite (the last good checkpoint is kept).
 
     Example: clt.pretrain("recipes/digits_pair.yaml", overrides=["pretrain.epochs=1"]).kind == "encoder"
     """

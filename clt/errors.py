@@ -36,6 +36,10 @@ class TrainingError(CltError):
     """Training diverged (NaN/inf loss) or cannot proceed."""
 
 
+class DivergenceError(TrainingError):
+    """The loss turned NaN or infinite: a result of the run, where the other TrainingErrors are set-up faults."""
+
+
 # what a Ctrl-C prints, at any moment (the console script prints it even while the CLI loads)
 INTERRUPTED = ("interrupted: finished artifacts are intact and nothing half-written was kept; "
                "run the same command again to continue")

@@ -18,7 +18,7 @@ from torch import nn
 
 from clt.data.memory import ImageData
 from clt.devices import autocast
-from clt.errors import TrainingError
+from clt.errors import DivergenceError, TrainingError
 from clt.methods import MethodParts, ViewOutputs
 from clt.optim import make_optimizer, make_scheduler
 from clt.registry import ObjectiveEntry
@@ -288,7 +288,7 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
     out = _gathered(loop, out)
     loss = loop.objective.compute(out, loop.params)
     if not torch.isfinite(loss):
-        raise TrainingError(
+        raise DivergenceError(
             f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
             f"(global step {global_step + 1}); the last good checkpoint is kept",
             divergence_advice(cfg, loop.precision))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from clt.data.memory import ImageData, Split
-from clt.errors import TrainingError
+from clt.errors import DivergenceError, TrainingError
 from clt.recipe import PretrainConfig
 from clt.registry import OBJECTIVES
 from clt.train import downscale, epoch_side, pretrain
@@ -73,6 +73,7 @@ def test_a_diverged_loss_stops_training_with_advice_that_names_only_untried_fixe
     with pytest.raises(TrainingError, match="the loss became nan at epoch 1, step 1") as caught:
         pretrain(_Diverged(), entry, entry.params(), _images(), cfg, device=torch.device("cpu"),
                  precision=precision, seed=0)
+    assert isinstance(caught.value, DivergenceError)  # what bench/equal_budget.py records as a diverged row
     hint = caught.value.hint
     assert "lower pretrain.lr (now 0.5)" in hint
     assert ("optimizer: lars" in hint) == (optimizer == "sgd")
