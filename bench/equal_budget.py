@@ -91,16 +91,17 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
     recipe_name, extra = OBJECTIVES[name]
     recipe = ROOT / "recipes" / f"{recipe_name}.yaml"
     overrides = [*SHARED_SETUP, *extra, *args.set, f"seed={args.seed}"]
-    per_epoch = epoch_seconds(run, recipe, overrides)
-    epochs = max(1, round(args.budget / per_epoch))
+    # a fixed number of epochs means the same on every CPU; a budget in seconds is planned by a trial
+    per_epoch = 0.0 if args.epochs else epoch_seconds(run, recipe, overrides)
+    epochs = args.epochs or max(1, round(args.budget / per_epoch))
     every = max(1, epochs // args.monitor_points)
     schedule = [f"pretrain.epochs={epochs}", f"pretrain.monitor={{knn: 200, every: {every}, train: 10000, "
                                              "test: 2000}"]
-    print(f"== {name}: {per_epoch:.0f} s per epoch -> {epochs} epochs for {args.budget} s", file=sys.stderr,
-          flush=True)
+    print(f"== {name}: {epochs} epochs" + (f" ({per_epoch:.0f} s per epoch in {args.budget} s)" if per_epoch else ""),
+          file=sys.stderr, flush=True)
     started = time.time()
     row = {"objective": name, "recipe": recipe_name, "overrides": overrides + schedule, "seed": args.seed,
-           "budget_s": args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs}
+           "budget_s": None if args.epochs else args.budget, "trial_epoch_s": round(per_epoch, 1), "epochs": epochs}
     try:
         encoder = clt.pretrain(recipe, overrides=[*overrides, *schedule], **run.opts())
     except clt.DivergenceError as error:  # a row that diverges is a result too; the other rows still run
@@ -116,6 +117,9 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
         "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
         "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
         "final_rank": history[-1].get("embedding_rank"),
+        "collapse_warning_at_end": bool(history[-1].get("collapse_warning")),
+        "epoch_records": [{k: h.get(k) for k in ("epoch", "loss", "lr", "embedding_spread", "embedding_rank",
+                                                 "knn_accuracy", "seconds")} for h in history],
         "monitor_s": round(sum(h.get("monitor_seconds", 0.0) for h in history), 1),
         "ids": {"encoder": encoder.id, "probe": probe.id},
         **provenance(machine, encoder.manifest.get("precision"), started),
@@ -124,7 +128,11 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
 
 def provenance(machine: str, precision: str | None, started: float) -> dict:
     """Where, in what precision and by which command a row was made, and its seconds in all."""
-    return {"cpu": cpu_model(), "machine": machine, "precision": precision,
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"cpu": cpu_model(), "machine": machine, "precision": precision, "date": time.strftime("%Y-%m-%d"),
+            "commit": commit.stdout.strip(),
             "total_s": round(time.time() - started, 1),
             "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
 
@@ -228,6 +236,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("objectives", nargs="*", help=f"default: all of {', '.join(OBJECTIVES)}")
     parser.add_argument("--budget", type=float, default=1800.0, help="pretraining seconds per objective")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="train this many epochs instead of planning them from --budget (the fixed protocol)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--monitor-points", type=int, default=5, help="online kNN scores per run")
     parser.add_argument("--results", default="equal_budget",

@@ -25,6 +25,53 @@ SimCLRProjectionHead(64, 64, 64) and NTXentLoss on a fresh copy of the same enco
 scored by the same code here: features of all 50,000 train and 10,000 test images (each with the
 normalisation it trained with), a 200-NN vote (cosine, weights exp(s / 0.1)) and a linear probe (30
 epochs of Adam, lr 1e-3, batch 256) on all labels.
+
+With --epochs N, instead: equal epochs, method by method (--method, default simclr; the issue #30
+protocol is ResNet-20 w16 on CIFAR-10, batch 256, N = 10, the same precision on both sides):
+
+    PYTHONPATH=../lightly_env python bench/peer_lightly.py --artifacts STORE --method byol --epochs 10
+
+clt: `clt.pretrain` of recipes/cifar10_<method>_cpu.yaml with pretrain.epochs=N, batch --batch and
+the precision --precision resolves to (auto: bf16 where the CPU has native bf16 kernels, as clt's
+`auto`). lightly: the training loop its docs and CIFAR-10 benchmark write for that method
+(docs/source/getting_started/benchmarks/cifar10_benchmark.py, examples/pytorch/<method>.py), on a
+fresh copy of the same encoder (the clt run's encoder, every layer re-initialised, 64-d features):
+its transforms on PIL images through a DataLoader (SimCLRTransform with cj_strength 0.5 for SimCLR,
+MoCo and NNCLR; BYOLTransform's two views for BYOL and Barlow Twins; SimSiamTransform for SimSiam;
+VICRegTransform for VICReg; input_size 32 and no blur, as the benchmark), its heads and losses, SGD
+with lr 0.06 x batch/128 (SimSiam: 0.06, unscaled, as the benchmark), momentum 0.9, weight decay
+5e-4 and a per-epoch cosine schedule (CosineAnnealingLR over N epochs, as the benchmark's
+Lightning modules step it). Per method:
+  simclr        SimCLRProjectionHead, NTXentLoss(0.5)
+  moco          MoCoProjectionHead (v2: no batch norm), NTXentLoss(0.1) with a 4,096 memory bank,
+                momentum encoder and head (update_momentum, m 0.99 fixed, as the benchmark),
+                batch_shuffle / batch_unshuffle of the keys, the symmetric loss
+  byol          BYOLProjectionHead, BYOLPredictionHead, NegativeCosineSimilarity (symmetric),
+                momentum m = cosine_schedule(step, steps, 0.99, 1.0) per step (the ImageNet
+                benchmark's schedule from the CIFAR-10 benchmark's 0.99)
+  simsiam       the benchmark's 2-layer projection head (linear-BN-ReLU, linear-BN: lightly's
+                ProjectionHead), SimSiamPredictionHead, NegativeCosineSimilarity, stop-gradient
+  barlow_twins  the benchmark's 2-layer projection head (linear-BN-ReLU, linear), BarlowTwinsLoss
+  nnclr         the benchmark's 2-layer projection head (linear-BN-ReLU, linear-BN),
+                NNCLRPredictionHead, NNMemoryBankModule of 4,096, NTXentLoss(0.5)
+  vicreg        (not in lightly's CIFAR-10 benchmark: its example's head and the benchmark's
+                optimiser) VICRegProjectionHead with 2 layers, VICRegLoss
+--paper-heads uses lightly's named 3-layer classes instead of the benchmark's 2-layer CIFAR heads
+(SimSiamProjectionHead, BarlowTwinsProjectionHead, NNCLRProjectionHead; VICRegProjectionHead, 3 layers).
+What was scaled: the benchmark's heads take ResNet-18's 512-d features; here the encoder gives 64,
+so every head width is divided by --head-divisor (512 / 64 = 8): SimCLR and MoCo 64-64-16 (from
+512-512-128), BYOL 64-128-32 and predictor 32-128-32 (512-1024-256, 256-1024-256), SimSiam 64-256-256
+and predictor 256-64-256 (512-2048-2048, 2048-512-2048), Barlow Twins 64-256-256 (512-2048-2048),
+NNCLR 64-256-32 and predictor 32-512-32 (512-2048-256, 256-4096-256), VICReg 64-256-256 (the
+example's 512-2048-2048). The memory banks keep 4,096 entries (a count, not a width). What was not
+kept: the benchmark's ResNet-18 (both sides train clt's encoder) and, for MoCo, its split batch norm
+(num_splits 8), which belongs to that backbone. In bf16 both sides run the forward passes under
+torch.autocast and the loss in fp32 (clt's loop does the same). Both encoders are scored by the
+same 200-NN and linear probe as above; bench/results/peer_lightly/<method>_<N>ep_<precision>.json
+(_limitL appended with --train-limit L) gets date, commit, machine, command, both sides' figures
+and their pretrain wall times. These are long runs: their wall times are not throughput (measure
+that with the steps mode on quiet cores).
+--train-limit with --no-score is a smoke run of the code paths (e.g. --epochs 1 --train-limit 512).
 """
 
 from __future__ import annotations
@@ -200,17 +247,23 @@ def scores(module, data, mean, std) -> dict:
             "linear": linear_accuracy(train_f, train.labels, test_f, data.test.labels)}
 
 
-def clt_equal_time(store, data, args) -> tuple[dict, object]:
-    """clt's recipe for about args.minutes; returns its figures and a fresh copy of its encoder. The
-    store caches both pretrain calls by their inputs, so a rerun of the same command reuses them."""
+def fresh_copy(module):
+    """A copy of `module` with every layer re-initialised: the same encoder, untrained."""
     import copy
 
-    result, epochs = clt_encoder_run(store, data, args)
-    encoder = clt.load_encoder(result.id, store=store, device="cpu")
-    fresh = copy.deepcopy(encoder.module)
+    fresh = copy.deepcopy(module)
     for layer in fresh.modules():
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
+    return fresh
+
+
+def clt_equal_time(store, data, args) -> tuple[dict, object]:
+    """clt's recipe for about args.minutes; returns its figures and a fresh copy of its encoder. The
+    store caches both pretrain calls by their inputs, so a rerun of the same command reuses them."""
+    result, epochs = clt_encoder_run(store, data, args)
+    encoder = clt.load_encoder(result.id, store=store, device="cpu")
+    fresh = fresh_copy(encoder.module)
     figures = {"epochs": epochs, "seconds": result.manifest.get("wall_time_s"),
                "id": result.id, "precision": result.manifest.get("precision"),
                **scores(encoder.module, data, encoder.mean, encoder.std)}
@@ -268,6 +321,257 @@ def equal_time(store, args) -> None:
     print(text)
 
 
+METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "nnclr", "vicreg")
+MEMORY_BANK = 4096  # lightly's CIFAR-10 benchmark, MoCo and NNCLR
+
+
+def benchmark_head(dims: tuple[int, int, int], last_norm: bool):
+    """The CIFAR-10 benchmark's 2-layer projection head from lightly's ProjectionHead: linear-BN-ReLU,
+    then linear (with batch norm after it where `last_norm`)."""
+    from lightly.models.modules.heads import ProjectionHead
+    from torch import nn
+
+    d_in, hidden, out = dims
+    return ProjectionHead([(d_in, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
+                           (hidden, out, nn.BatchNorm1d(out) if last_norm else None, None)])
+
+
+def momentum_copy(module):
+    """A frozen copy for the momentum (teacher / key) branch, as lightly's examples make it."""
+    import copy
+
+    from lightly.models.utils import deactivate_requires_grad
+
+    twin = copy.deepcopy(module)
+    deactivate_requires_grad(twin)
+    return twin
+
+
+def lightly_method(method: str, encoder, args):
+    """lightly's pieces for `method` around `encoder`: (model, transform, base lr, loss) where
+    loss(x0, x1, step, steps, amp) is one training step's loss, its forward passes inside the
+    context `amp` returns and the loss itself in fp32. Widths: the benchmark's, over args.head_divisor."""
+    import torch
+    from lightly import loss as losses
+    from lightly.models.modules import heads
+    from lightly.models.modules.nn_memory_bank import NNMemoryBankModule
+    from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        SimCLRTransform,
+        SimSiamTransform,
+        VICRegTransform,
+    )
+    from lightly.utils.scheduler import cosine_schedule
+
+    d, k = encoder.out_dim, args.head_divisor
+    scaled_lr = 0.06 * args.batch / 128
+    simclr_views = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)
+    byol_views = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0),
+                               view_2_transform=BYOLView2Transform(input_size=32, gaussian_blur=0.0))
+    model = torch.nn.ModuleDict({"backbone": encoder})
+    enc = encoder
+
+    if method in ("simclr", "barlow_twins", "vicreg"):  # one projection head, a loss on the two views
+        if method == "simclr":
+            head, transform, criterion = (heads.SimCLRProjectionHead(d, 512 // k, 128 // k), simclr_views,
+                                          losses.NTXentLoss(temperature=0.5))
+        elif method == "barlow_twins":
+            head = (heads.BarlowTwinsProjectionHead(d, 2048 // k, 2048 // k) if args.paper_heads
+                    else benchmark_head((d, 2048 // k, 2048 // k), last_norm=False))
+            transform, criterion = byol_views, losses.BarlowTwinsLoss()
+        else:
+            head = heads.VICRegProjectionHead(d, 2048 // k, 2048 // k, num_layers=3 if args.paper_heads else 2)
+            transform, criterion = VICRegTransform(input_size=32, gaussian_blur=0.0), losses.VICRegLoss()
+        model["head"] = head
+
+        def loss(x0, x1, step, steps, amp):
+            with amp():
+                z0, z1 = head(enc(x0)), head(enc(x1))
+            return criterion(z0.float(), z1.float())
+
+        return model, transform, scaled_lr, loss
+
+    if method == "moco":
+        head = heads.MoCoProjectionHead(d, 512 // k, 128 // k)
+        enc_m, head_m = momentum_copy(enc), momentum_copy(head)
+        criterion = losses.NTXentLoss(temperature=0.1, memory_bank_size=(MEMORY_BANK, 128 // k))
+        model.update({"head": head, "backbone_momentum": enc_m, "head_momentum": head_m, "criterion": criterion})
+
+        def half(queries, keys, amp):
+            keys, shuffle = batch_shuffle(keys)
+            with amp():
+                q, key = head(enc(queries)), head_m(enc_m(keys))
+            return q.float(), batch_unshuffle(key.float(), shuffle).detach()
+
+        def loss(x0, x1, step, steps, amp):
+            update_momentum(enc, enc_m, m=0.99)
+            update_momentum(head, head_m, m=0.99)
+            return 0.5 * (criterion(*half(x0, x1, amp)) + criterion(*half(x1, x0, amp)))
+
+        return model, simclr_views, scaled_lr, loss
+
+    if method == "byol":
+        head = heads.BYOLProjectionHead(d, 1024 // k, 256 // k)
+        predictor = heads.BYOLPredictionHead(256 // k, 1024 // k, 256 // k)
+        enc_m, head_m = momentum_copy(enc), momentum_copy(head)
+        model.update({"head": head, "predictor": predictor, "backbone_momentum": enc_m, "head_momentum": head_m})
+        criterion = losses.NegativeCosineSimilarity()
+
+        def loss(x0, x1, step, steps, amp):
+            m = cosine_schedule(step, steps, 0.99, 1.0)
+            update_momentum(enc, enc_m, m=m)
+            update_momentum(head, head_m, m=m)
+            with amp():
+                p0, p1 = predictor(head(enc(x0))), predictor(head(enc(x1)))
+                z0, z1 = head_m(enc_m(x0)).detach(), head_m(enc_m(x1)).detach()
+            return 0.5 * (criterion(p0.float(), z1.float()) + criterion(p1.float(), z0.float()))
+
+        return model, byol_views, scaled_lr, loss
+
+    if method == "simsiam":
+        head = (heads.SimSiamProjectionHead(d, 2048 // k, 2048 // k) if args.paper_heads
+                else benchmark_head((d, 2048 // k, 2048 // k), last_norm=True))
+        predictor = heads.SimSiamPredictionHead(2048 // k, 512 // k, 2048 // k)
+        model.update({"head": head, "predictor": predictor})
+        criterion = losses.NegativeCosineSimilarity()
+
+        def loss(x0, x1, step, steps, amp):
+            with amp():
+                z0, z1 = head(enc(x0)), head(enc(x1))
+                p0, p1 = predictor(z0), predictor(z1)
+            z0, z1 = z0.detach().float(), z1.detach().float()
+            return 0.5 * (criterion(z0, p1.float()) + criterion(z1, p0.float()))
+
+        return model, SimSiamTransform(input_size=32, gaussian_blur=0.0), 0.06, loss  # lr not scaled
+
+    if method == "nnclr":
+        head = (heads.NNCLRProjectionHead(d, 2048 // k, 256 // k) if args.paper_heads
+                else benchmark_head((d, 2048 // k, 256 // k), last_norm=True))
+        predictor = heads.NNCLRPredictionHead(256 // k, 4096 // k, 256 // k)
+        bank = NNMemoryBankModule(size=(MEMORY_BANK, 256 // k))
+        model.update({"head": head, "predictor": predictor, "bank": bank})
+        criterion = losses.NTXentLoss(temperature=0.5)
+
+        def loss(x0, x1, step, steps, amp):
+            with amp():
+                z0, z1 = head(enc(x0)), head(enc(x1))
+                p0, p1 = predictor(z0), predictor(z1)
+            z0 = bank(z0.detach().float(), update=False)
+            z1 = bank(z1.detach().float(), update=True)
+            return 0.5 * (criterion(z0, p1.float()) + criterion(z1, p0.float()))
+
+        return model, simclr_views, scaled_lr, loss
+    raise ValueError(f"no lightly loop for {method!r}: one of {', '.join(METHODS)}")
+
+
+def lightly_epochs(encoder, images: np.ndarray, precision: str, args) -> dict:
+    """lightly's loop for args.method, args.epochs whole epochs: SGD (momentum 0.9, weight decay
+    5e-4) with the benchmark's per-epoch cosine schedule. Stops at a loss that is not finite."""
+    import contextlib
+    import math
+
+    import torch
+
+    model, transform, lr, step_loss = lightly_method(args.method, encoder, args)
+    loader = torch.utils.data.DataLoader(Pictures(images, transform), batch_size=args.batch, shuffle=True,
+                                         drop_last=True, num_workers=args.workers,
+                                         persistent_workers=args.workers > 0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trained, lr=lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
+    if precision == "fp32":
+        amp = contextlib.nullcontext
+    else:
+        def amp():
+            return torch.autocast("cpu", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    steps, step, epoch_losses, diverged = args.epochs * len(loader), 0, [], None
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        total = 0.0
+        for (x0, x1), _ in loader:
+            loss = step_loss(x0, x1, step, steps, amp)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                diverged = f"the loss became {value} at epoch {epoch + 1}, step {step + 1}"
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += value
+            step += 1
+        if diverged:
+            break
+        schedule.step()
+        epoch_losses.append(round(total / len(loader), 4))
+        print(f"== lightly {args.method} epoch {epoch + 1}/{args.epochs}: loss {epoch_losses[-1]} "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return {"seconds": round(time.perf_counter() - started, 1), "steps": step, "lr": lr,
+            "epoch_losses": epoch_losses, "diverged": diverged}
+
+
+def provenance(started: float) -> dict:
+    import subprocess
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "machine": cpu_model(),
+            "total_s": round(time.time() - started, 1),
+            "command": "python bench/peer_lightly.py " + " ".join(sys.argv[1:])}
+
+
+def equal_epochs(store, args) -> None:
+    """clt's recipe for args.method and lightly's loop for it, args.epochs each, the same precision."""
+    import lightly
+    import torch
+    from lightly.transforms.utils import IMAGENET_NORMALIZE
+
+    from clt.devices import resolve_precision
+
+    started = time.time()
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    torch.manual_seed(args.seed)
+    data = clt.load_dataset("cifar10", store=store)
+    if args.train_limit:  # a seeded random subset for lightly and the read-out; clt takes its own
+        keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
+        data.train = data.train.subset(keep[:args.train_limit])
+    recipe = ROOT / "recipes" / f"cifar10_{args.method}_cpu.yaml"
+    result = clt.pretrain(recipe, store=store, overrides=[
+        f"pretrain.batch_size={args.batch}", f"pretrain.epochs={args.epochs}", f"pretrain.precision={precision}",
+        f"data.train_limit={args.train_limit}", *args.set])
+    encoder = clt.load_encoder(result.id, store=store, device="cpu")
+    clt_side = {"recipe": recipe.name, "id": result.id, "epochs": args.epochs,
+                "precision": result.manifest.get("precision"), "seconds": result.manifest.get("wall_time_s"),
+                "train_seconds": result.metrics.get("train_seconds")}
+    torch.manual_seed(args.seed)  # the same initial weights whether clt's run was cached or not
+    fresh = fresh_copy(encoder.module)
+    if not args.no_score:
+        clt_side.update(scores(encoder.module, data, encoder.mean, encoder.std))
+    print(json.dumps({"clt": clt_side}), flush=True)
+    run = lightly_epochs(fresh, data.train.images.numpy(), precision, args)
+    lightly_side = {"epochs": args.epochs, "precision": precision, **run}
+    if not args.no_score and not run["diverged"]:
+        lightly_side.update(scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]))
+    figures = {"method": args.method, "epochs": args.epochs, "batch": args.batch, "precision": precision,
+               "train_images": len(data.train), "head_divisor": args.head_divisor, "paper_heads": args.paper_heads,
+               "clt": clt_side, f"lightly {lightly.__version__}": lightly_side, **provenance(started)}
+    limited = f"_limit{args.train_limit}" if args.train_limit else ""
+    out = RESULTS / "peer_lightly" / f"{args.method}_{args.epochs}ep_{precision}{limited}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with written_aside(out) as tmp:
+        tmp.write_text(json.dumps(figures, indent=1))
+    for name, side in (("clt", clt_side), (f"lightly {lightly.__version__}", lightly_side)):
+        read_out = (f"200-NN {100 * side['knn200']:.2f} %, linear {100 * side['linear']:.2f} %" if "knn200" in side
+                    else "not scored")
+        print(f"{args.method} {name}: {args.epochs} epochs, {precision}, {side['seconds']} s, {read_out}")
+    print(f"-> {out}")
+
+
 
 def write_results(name: str, table: str, figures: dict) -> None:
     """bench/results/NAME.md and NAME.json, each written aside and renamed into place."""
@@ -287,12 +591,30 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="instead: clt and lightly at equal wall time on the CPU recipe's encoder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-limit", type=int, default=0,
-                        help="with --minutes, a quick check: pretrain and score with this many train images (0: all)")
+    parser.add_argument("--train-limit", "--limit", type=int, default=0,
+                        help="with --minutes or --epochs, a quick check: pretrain and score with this many "
+                             "train images (0: all)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="with --minutes: one more override of clt's recipe, e.g. pretrain.channels_last=true")
+                        help="with --minutes or --epochs: one more override of clt's recipe, e.g. "
+                             "pretrain.channels_last=true")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="instead: clt's recipe and lightly's loop for --method at this many epochs each")
+    parser.add_argument("--method", choices=METHODS, default="simclr", help="with --epochs: which method")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="with --epochs: both sides' precision (auto: as clt resolves it on this CPU)")
+    parser.add_argument("--head-divisor", type=int, default=8,
+                        help="with --epochs: lightly's head widths are its CIFAR-10 benchmark's over this "
+                             "(512-d ResNet-18 features / 64-d encoder = 8)")
+    parser.add_argument("--paper-heads", action="store_true",
+                        help="with --epochs: lightly's named 3-layer heads for SimSiam, Barlow Twins, NNCLR "
+                             "and VICReg instead of the CIFAR-10 benchmark's 2-layer ones")
+    parser.add_argument("--no-score", action="store_true",
+                        help="with --epochs: skip the 200-NN and linear read-outs (a smoke run of the loops)")
     args = parser.parse_args()
     store = clt.open_store(args.artifacts)
+    if args.epochs:
+        equal_epochs(store, args)
+        return
     if args.minutes:
         equal_time(store, args)
         return

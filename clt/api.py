@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clt import stages
-from clt.errors import CltError, DataError, DivergenceError
+from clt.errors import CltError, DataError, DivergenceError, WriteError
 from clt.stages import Context, ProgressEvent, Reporter
 from clt.stages.context import ProgressCallback
 from clt.stages.inference import Classifier, Encoder, classifier_for, encoder_for
@@ -28,9 +28,9 @@ from clt.store import Artifact, Store, default_root
 StoreLike = Store | str | Path | None
 
 __all__ = ["Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEvent", "Result", "baseline_logreg",
-           "baseline_scratch",
-           "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
-           "launch_distributed", "list_artifacts",
+           "baseline_scratch", "WriteError",
+           "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
+           "key_status", "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
            "probe", "search", "show", "tsne", "verify", "views"]
 
@@ -121,10 +121,17 @@ def probe(encoder: str | None = None, *, overrides: Sequence[str] = (), seed: in
 
 
 def evaluate(ref: str | None = None, *, confusion: bool = False, knn: int | None = None, metric: str | None = None,
-             vote: str | None = None, pairs: bool = True, device: str = "auto", store: StoreLike = None,
+             vote: str | None = None, pairs: bool = True, quality: bool | None = None,
+             labels: str | Path | None = None, device: str = "auto", store: StoreLike = None,
              progress: ProgressCallback | None = None) -> Result:
     """Accuracy and confusion of a probe; pair accuracy (balanced test pairs first, then one random
     partner per image) and kNN accuracy of its encoder. pairs=False skips pair verification.
+
+    `quality` (default: on for a dataset without a labeled test split) adds the label-free measures
+    (metrics["view_retrieval"]; results["label_free"] holds all four for the encoder, its untrained
+    self and raw pixels, results["label_free_verdict"] the verdict line). `labels`: a CSV of file
+    name,tag lines, scored by cross-validated cosine kNN (metrics["tags_knn_accuracy"]). kNN takes a
+    zero embedding's cosine to everything as 0, ties to the lower row; such rows are warned about.
 
     Example: clt.evaluate(probe_id, knn=10).metrics["knn_accuracy"]
     """
@@ -135,14 +142,16 @@ def evaluate(ref: str | None = None, *, confusion: bool = False, knn: int | None
     if knn is not None and knn < 1:
         raise CltError(f"--knn {knn} must be >= 1", "use e.g. --knn 10")
     ctx = _context(store, device, progress=progress)
-    return _result(stages.evaluate(ctx, ref, confusion, knn, metric, vote, pairs))
+    return _result(stages.evaluate(ctx, ref, confusion, knn, metric, vote, pairs, quality,
+                                   str(labels) if labels is not None else None))
 
 
-def embed(encoder: str | None = None, *, split: str = "test", projector: bool = False,
+def embed(encoder: str | None = None, *, split: str | None = None, projector: bool = False,
           images: Sequence[str | Path] | None = None, out: str | Path | None = None, device: str = "auto",
           store: StoreLike = None, progress: ProgressCallback | None = None) -> Result | Path:
-    """Store an encoder's embeddings of a dataset split as embeddings.npy and labels.npy; with
-    `images` (files, folders, globs, .tar.gz) embed those instead (embeddings.npy + paths.txt), or
+    """Store an encoder's embeddings of a dataset split as embeddings.npy and labels.npy (split None:
+    test when the dataset has a test split, else train, i.e. all of an unlabeled folder); with
+    `images` (files, folders, globs, .tar.gz) embed those instead (embeddings.npy + paths.jsonl), or
     with `out` write them to a plain .npy or .csv file and return its path.
 
     Example: np.load(clt.embed(encoder_id, images=["photos/"]).file("embeddings.npy")).shape
@@ -232,12 +241,16 @@ def export(encoder: str | None = None, *, format: str = "onnx", out: str | Path 
 
 
 def tsne(embeddings: str | None = None, *, pca: bool = False, perplexity: float = 30.0, max_points: int = 5000,
-         seed: int = 0, store: StoreLike = None, progress: ProgressCallback | None = None) -> Result:
-    """A 2-D t-SNE (or PCA) picture of stored embeddings, coloured by class.
+         seed: int = 0, thumbnails: bool = False, color_by: str | Path | None = None, store: StoreLike = None,
+         progress: ProgressCallback | None = None) -> Result:
+    """A 2-D t-SNE (or PCA) picture of stored embeddings, coloured by class, or with `color_by` by the
+    tags of a CSV of file name, tag (embeddings that know their file names: clt.embed(images=...));
+    `thumbnails` draws up to 200 of the images at their points. t-SNE needs more than 3 x perplexity points.
 
-    Example: clt.tsne(clt.embed(encoder_id).id, pca=True).file("pca.png")
+    Example: clt.tsne(clt.embed(encoder_id).id, pca=True, thumbnails=True).file("pca.png")
     """
-    return _result(stages.tsne(_context(store, progress=progress), embeddings, pca, perplexity, max_points, seed))
+    return _result(stages.tsne(_context(store, progress=progress), embeddings, pca, perplexity, max_points, seed,
+                               thumbnails, str(color_by) if color_by is not None else None))
 
 
 def views(recipe: str | Path, *, overrides: Sequence[str] = (), count: int = 8, n_views: int = 4,
@@ -285,7 +298,9 @@ def list_artifacts(kind: str | None = None, *, store: StoreLike = None) -> list[
 
     Example: [row["id"] for row in clt.list_artifacts("encoder")]
     """
-    return [row for row in stages.iter_rows(open_store(store)) if kind is None or row["kind"] == kind]
+    opened = open_store(store)
+    opened.check_readable()  # a store whose key is gone or replaced is refused by name, not listed empty
+    return [row for row in stages.iter_rows(opened) if kind is None or row["kind"] == kind]
 
 
 def show(ref: str, *, store: StoreLike = None) -> dict[str, Any]:
@@ -293,7 +308,9 @@ def show(ref: str, *, store: StoreLike = None) -> dict[str, Any]:
 
     Example: clt.show("latest-evaluation")["results"]["confusion"]
     """
-    return open_store(store).resolve(ref).manifest
+    opened = open_store(store)
+    artifact = opened.resolve(ref)
+    return {**artifact.manifest, "stale": opened.is_stale(artifact)}
 
 
 def verify(ref: str | None = None, *, store: StoreLike = None) -> dict[str, list[str]]:
@@ -306,12 +323,35 @@ def verify(ref: str | None = None, *, store: StoreLike = None) -> dict[str, list
     return {artifact_id: opened.verify(artifact_id) for artifact_id in sorted(ids)}
 
 
-def gc(damaged: bool = False, *, store: StoreLike = None) -> list[str]:
-    """Remove what killed runs left behind (and, with damaged=True, artifacts that fail verification).
+def key_status(*, store: StoreLike = None) -> dict[str, str]:
+    """Whether the store's signatures can be checked: state ("ok"; "unkeyed" or "unreadable": checked by
+    sha256 only; "missing" or "replaced": refused until the key is restored or adopted), message, hint.
+
+    Example: clt.key_status()["state"]  # "ok"
+    """
+    state = open_store(store).key_state()
+    return {"state": state.state, "message": state.message, "hint": state.hint}
+
+
+def adopt_key(*, store: StoreLike = None) -> dict[str, list[str]]:
+    """Make the key in place (a new one where store.key is missing) the store's key, on purpose: every
+    artifact whose files match their sha256 is signed with it; damaged ones are skipped. Edits made
+    while the key was gone cannot be told from the originals, so run it only after `verify`.
+
+    Example: clt.adopt_key()["signed"]  # ids now signed with the store's key
+    """
+    signed, skipped = open_store(store).adopt_key()
+    return {"signed": signed, "skipped": skipped}
+
+
+def gc(damaged: bool = False, *, stale: bool = False, store: StoreLike = None) -> list[str]:
+    """Remove what killed runs left behind (and, with damaged=True, artifacts that fail verification;
+    with stale=True, artifacts that other clt code made, which no stage of this code will use).
 
     Example: removed = clt.gc()
     """
-    return open_store(store).gc(damaged)
+    opened = open_store(store)
+    return opened.gc(damaged) + (opened.gc_stale() if stale else [])
 
 
 def launch_distributed(nproc: int, argv: list[str]) -> int:

@@ -1,20 +1,28 @@
 """Resumable checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint lives in the store's per-address work folder (tmp/<id>.work/), written
-atomically, so a run killed at any moment resumes from the last complete one.
+atomically, so a run killed at any moment resumes from the last complete one. Given the store's
+`sign`, its JSON carries the sha256 of its tensor file and a signature of both with the store's
+key: a checkpoint edited outside clt is discarded with a warning and training starts over, so an
+edit never becomes a signed encoder.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from clt.bounded import MIB, read_regular, sha256_regular
+from clt.errors import StoreError
+
 TENSORS = "checkpoint.safetensors"
 STATE = "checkpoint.json"
+STATE_LIMIT = 256 * MIB  # far above any optimizer's state skeleton: a bound, not a budget
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
@@ -29,6 +37,12 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> An
         return {"__list__": [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
                 "tuple": isinstance(obj, tuple)}
     return obj
+
+
+def _signed_part(doc: dict[str, Any]) -> bytes:
+    """What a checkpoint's signature covers: its whole JSON but the signature, in one canonical form."""
+    rest = {k: v for k, v in doc.items() if k != "hmac"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _key(k: Any) -> Any:
@@ -48,12 +62,22 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 class FileCheckpointer:
-    def __init__(self, folder: Path, meta: dict[str, Any] | None = None, writable: bool = True):
+    def __init__(self, folder: Path, meta: dict[str, Any] | None = None, writable: bool = True,
+                 sign: Callable[[bytes], str] | None = None, warn: Callable[[str], None] | None = None):
         self.folder = Path(folder)
         self.meta = meta or {}
         self.writable = writable  # ranks other than 0 read checkpoints but never write them
+        self.sign = sign  # the store's signature; None (tests, library use) keeps checkpoints unsigned
+        self.warn = warn or (lambda message: None)
 
     def save(self, state: dict[str, Any]) -> None:
+        try:
+            self._save(state)
+        finally:  # a write that failed (a full disk) leaves no half file in the work folder
+            for partial in (self.folder / f".{TENSORS}.tmp", self.folder / f".{STATE}.tmp"):
+                partial.unlink(missing_ok=True)
+
+    def _save(self, state: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
         if not self.writable:
@@ -66,16 +90,19 @@ class FileCheckpointer:
         generation = self._generation() + 1
         tmp = self.folder / f".{TENSORS}.tmp"
         save_file(tensors, str(tmp), metadata={"generation": str(generation)})
-        os.replace(tmp, self.folder / f"{generation % 2}.{TENSORS}")
         doc = {"generation": generation, "state": skeleton, "meta": self.meta}
+        if self.sign:
+            doc["tensors_sha256"] = sha256_regular(tmp, "the checkpoint")
+            doc["hmac"] = self.sign(_signed_part(doc))
+        os.replace(tmp, self.folder / f"{generation % 2}.{TENSORS}")
         tmp_json = self.folder / f".{STATE}.tmp"
         tmp_json.write_text(json.dumps(doc))
         os.replace(tmp_json, self.folder / STATE)
 
     def _generation(self) -> int:
         try:
-            return int(json.loads((self.folder / STATE).read_text())["generation"])
-        except (OSError, ValueError, KeyError):
+            return int(json.loads(read_regular(self.folder / STATE, STATE_LIMIT, "the checkpoint"))["generation"])
+        except (OSError, ValueError, KeyError, TypeError, StoreError):
             return 0
 
     def load(self) -> dict[str, Any] | None:
@@ -87,11 +114,16 @@ class FileCheckpointer:
         from safetensors import SafetensorError, safe_open
 
         try:
-            doc = json.loads((self.folder / STATE).read_text())
+            doc = json.loads(read_regular(self.folder / STATE, STATE_LIMIT, "the checkpoint"))
         except (OSError, ValueError):
             return None
+        except StoreError as err:
+            return self._discard(err.message)
         if not isinstance(doc, dict) or doc.get("meta") != self.meta:
             return None
+        problem = self._untrusted(doc)
+        if problem:
+            return self._discard(problem)
         try:
             generation = int(doc["generation"])
             with safe_open(str(self.folder / f"{generation % 2}.{TENSORS}"), framework="pt") as fh:
@@ -101,6 +133,26 @@ class FileCheckpointer:
             return unflatten(doc["state"], tensors)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError):
             return None
+
+    def _untrusted(self, doc: dict[str, Any]) -> str | None:
+        """Why a checkpoint cannot be trusted to be clt's own (None when it is, or nothing is signed)."""
+        if not self.sign:
+            return None
+        if not isinstance(doc.get("hmac"), str) or not hmac.compare_digest(doc["hmac"], self.sign(_signed_part(doc))):
+            return f"the checkpoint in {self.folder} is not signed by this store (edited, or from another clt)"
+        try:
+            tensors = self.folder / f"{int(doc['generation']) % 2}.{TENSORS}"
+            if sha256_regular(tensors, "the checkpoint") != doc.get("tensors_sha256"):
+                return f"the checkpoint {tensors} does not match the sha256 its signed JSON records"
+        except (OSError, ValueError, TypeError) as err:
+            return f"the checkpoint in {self.folder} is incomplete ({err})"
+        except StoreError as err:
+            return err.message
+        return None
+
+    def _discard(self, problem: str) -> None:
+        self.warn(f"{problem}: it is not used, and training starts over")
+        return None
 
     def clear(self) -> None:
         if not self.writable:

@@ -117,7 +117,9 @@ def nearest_neighbours(train: torch.Tensor, queries: torch.Tensor, k: int, metri
                        query_chunk: int = 1024, train_chunk: int = 65536, normalized: bool = False):
     """Exact search: yields (query chunk, similarities, train indices) of each query's k nearest train
     rows, best first. Cosine similarity, or for euclidean -‖q−t‖² + ‖q‖² (the ranking of distances).
-    `normalized`: the train rows are unit vectors already (a stored index), so they are not copied."""
+    `normalized`: the train rows are unit vectors already (a stored index), so they are not copied.
+    A zero vector (query or train row) has cosine similarity 0 to everything, never NaN, and equal
+    similarities rank the lower train row first, so such rows get the same neighbours on every run."""
     k = min(k, len(train))
     if metric == "cosine":
         train = train.float() if normalized else torch.nn.functional.normalize(train.float(), dim=1)
@@ -143,13 +145,39 @@ def _nearest(q: torch.Tensor, train: torch.Tensor, train_sq: torch.Tensor | None
             # -‖q−t‖² up to a per-query constant (‖q‖²), which does not change the ranking
             sim = 2 * sim - train_sq[ts:ts + train_chunk][None, :]
         # top-k of this block alone, then merge with the running top-k: only 2k candidates
-        # per query are ever concatenated, never a block-sized index matrix
-        block_sim, block_pos = sim.topk(min(k, sim.shape[1]), dim=1)
+        # per query are ever concatenated, never a block-sized index matrix. The running top-k
+        # holds lower rows than the block and both list tied rows in row order, so a tie-stable
+        # top-k of the concatenation keeps the lower row first across blocks too
+        block_sim, block_pos = stable_topk(sim, min(k, sim.shape[1]))
         merged_sim = torch.cat([best_sim, block_sim], 1)
         merged_idx = torch.cat([best_idx, block_pos + ts], 1)
-        best_sim, pos = merged_sim.topk(min(k, merged_sim.shape[1]), dim=1)
+        best_sim, pos = stable_topk(merged_sim, min(k, merged_sim.shape[1]))
         best_idx = merged_idx.gather(1, pos)
     return best_sim, best_idx
+
+
+def stable_topk(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, columns) of each row's k largest, best first, equal values in column order.
+
+    torch.topk leaves the order of equal values unspecified, and which of them make the cut: a zero
+    embedding (cosine 0 to every row) would get arbitrary neighbours. Rows whose k-th value is tied
+    beyond the cut are redone with a stable sort (rare but for such rows; cheap otherwise).
+    Example: stable_topk(torch.zeros(1, 5), 2)[1].tolist() == [[0, 1]]
+    """
+    top, cols = values.topk(k, dim=1)
+    cols, by_column = cols.sort(1)
+    top = top.gather(1, by_column)
+    top, by_value = top.sort(dim=1, descending=True, stable=True)
+    cols = cols.gather(1, by_value)
+    if k == 0:
+        return top, cols
+    kth = top[:, -1:]
+    cut_tie = (values == kth).sum(1) > (top == kth).sum(1)
+    if bool(cut_tie.any()):
+        rows = cut_tie.nonzero().squeeze(1)
+        redone, redone_cols = values[rows].sort(dim=1, descending=True, stable=True)
+        top[rows], cols[rows] = redone[:, :k], redone_cols[:, :k]
+    return top, cols
 
 
 def _vote(q: torch.Tensor, best_sim: torch.Tensor, neighbours: torch.Tensor, n_classes: int, metric: str,

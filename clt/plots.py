@@ -39,22 +39,47 @@ def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, ti
     _save(plt, fig, path, 120)
 
 
-def scatter(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> None:
+def scatter(coords: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: Path, title: str = "",
+            legend_title: str = "class", thumbnails: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Points coloured by label (-1: grey), with optional thumbnails: (point indices, uint8 (K, C, H, W))."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    if len(classes) == 0 or (labels < 0).all():
+    unlabeled = labels < 0
+    if len(classes) == 0 or unlabeled.all():
         ax.scatter(coords[:, 0], coords[:, 1], s=3, alpha=0.6, color="tab:gray")
+    elif unlabeled.any():  # e.g. photos the user's tags do not name
+        ax.scatter(coords[unlabeled, 0], coords[unlabeled, 1], s=3, alpha=0.5, color="tab:gray",
+                   label=f"no {legend_title}")
     for ci, name in enumerate(classes):
         mask = labels == ci
         if mask.any():
             ax.scatter(coords[mask, 0], coords[mask, 1], s=4, alpha=0.7, color=cmap(ci % cmap.N), label=name)
+    if thumbnails is not None:  # framed in their point's colour, which the image hides
+        rows, images = thumbnails
+        frames = [cmap(labels[r] % cmap.N) if labels[r] >= 0 and len(classes) else "tab:gray" for r in rows]
+        _thumbnails(ax, coords, rows, images, frames)
     if len(classes):
-        ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
+        ax.legend(markerscale=4, fontsize=8, loc="best", title=legend_title)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
     _save(plt, fig, path, 120)
+
+
+def _thumbnails(ax, coords: np.ndarray, rows: np.ndarray, images: np.ndarray, frames: Sequence[Any],
+                pixels: float = 22.0) -> None:
+    """Small images at their points, each about `pixels` wide whatever the images' size, framed in `frames`."""
+    from matplotlib.colors import Normalize
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    zoom = pixels / max(images.shape[2:])
+    for row, image, frame in zip(rows, images, frames):
+        grey = image.shape[0] == 1
+        picture = OffsetImage(image[0] if grey else image.transpose(1, 2, 0), zoom=zoom,
+                              cmap="gray" if grey else None, norm=Normalize(0, 255) if grey else None)
+        ax.add_artist(AnnotationBbox(picture, tuple(coords[row]), frameon=True, pad=0.1,
+                                     bboxprops={"edgecolor": frame, "linewidth": 1.5}))
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "", key: str = "loss") -> None:

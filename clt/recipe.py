@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clt.errors import RecipeError, did_you_mean
-from clt.typed import OMIT_IF_DEFAULT, from_dict, params_of, to_plain  # noqa: F401  (recipe readers use them)
+from clt.typed import OMIT_IF_DEFAULT, from_dict, params_of, short, to_plain  # noqa: F401  (recipe readers use them)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -51,6 +51,9 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     # projection head used only while pretraining, then dropped: layer widths after the encoder
     projection: list[int] | None = None
+    # batch norm in the projection head: "hidden" after each hidden layer (SimCLR v2, BYOL, MoCo v2,
+    # NNCLR, Barlow Twins and VICReg heads), "all" also on the output without a learned scale (SimSiam)
+    projection_norm: Literal["none", "hidden", "all"] = field(default="none", metadata=OMIT_IF_DEFAULT)
 
 
 @dataclass
@@ -173,27 +176,89 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe_from_dict(read_raw(path, overrides), str(path))
 
 
-def read_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None
-             ) -> dict[str, Any]:
-    """A recipe file's mapping with overrides (and seed) applied, not yet validated: what the
-    pretrain memo hashes before anything heavy is imported."""
+def read_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None,
+             _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's mapping with its base merged in and overrides (and seed) applied, not yet
+    validated: what the pretrain memo hashes before anything heavy is imported."""
     file = Path(path)
-    if not file.is_file():
-        raise RecipeError(f"recipe file '{path}' does not exist", "check the path; recipes live in recipes/")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"recipe file '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
-                          "save the recipe as UTF-8 YAML") from None
-    except OSError as err:
-        raise RecipeError(f"cannot read recipe '{path}': {err}", "pass a readable YAML file") from None
-    raw = parse_yaml(text, str(path))
+    raw = with_base(parse_yaml(read_recipe_text(file), str(path)), file, _chain)
     raw.setdefault("name", file.stem)
     for item in overrides:
         apply_override(raw, item, str(path))
     if seed is not None:
         raw["seed"] = seed
     return raw
+
+
+def read_recipe_text(file: Path) -> str:
+    """A recipe file's text: a regular UTF-8 file of at most MAX_RECIPE_BYTES, refused by name
+    otherwise (a FIFO or a link to /dev/zero never ends; a huge one costs minutes to parse)."""
+    import stat
+
+    try:
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise RecipeError(f"recipe file '{file}' is not a regular file", "pass a YAML file")
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise _too_big(file, info.st_size)
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_RECIPE_BYTES + 1)  # the file may have grown since stat()
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file '{file}' does not exist", "check the path; recipes live in recipes/") from None
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe '{file}': {err.strerror}", "pass a readable YAML file") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise _too_big(file, len(raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"recipe file '{file}' is not UTF-8 text ({err.reason} at byte {err.start})",
+                          "save the recipe as UTF-8 YAML") from None
+
+
+def _too_big(file: Path, size: int) -> RecipeError:
+    return RecipeError(f"recipe file '{file}' is {size:,} bytes, over clt's limit of {MAX_RECIPE_BYTES:,} bytes "
+                       "for a recipe", "a recipe is a few hundred lines: check that this is the recipe meant")
+
+
+MAX_BASE_DEPTH = 8
+
+
+def with_base(raw: dict[str, Any], file: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """`base: FILE` (a path relative to the recipe) names a recipe this one starts from: the base's
+    sections are merged under this file's, key by key, so a recipe holds only what it changes. The
+    base's name is not inherited, and an `objective` of another name replaces the base's whole."""
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise RecipeError(f"{file}: base must be the path of a recipe file, got {base!r:.80}",
+                          "write e.g. base: bases/cifar10_cpu.yaml (relative to this recipe)")
+    chain = (*chain, file.resolve())
+    base_file = file.parent / base
+    if base_file.resolve() in chain or len(chain) > MAX_BASE_DEPTH:
+        raise RecipeError(f"{file}: base '{base}' leads back to itself or is nested more than {MAX_BASE_DEPTH} deep "
+                          f"({' -> '.join(p.name for p in chain)} -> {base_file.name})",
+                          "make the chain of base: files end in a recipe without base:")
+    if not base_file.is_file():
+        raise RecipeError(f"{file}: base recipe '{base}' does not exist (looked for {base_file})",
+                          "give the base's path relative to the recipe file")
+    inherited = read_raw(base_file, _chain=chain)
+    inherited.pop("name", None)
+    return merge_recipes(inherited, raw)
+
+
+def merge_recipes(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """`own` over `base`: mappings merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in own.items():
+        same_objective = not (key == "objective" and isinstance(value, dict) and isinstance(base.get(key), dict)
+                              and value.get("name", base[key].get("name")) != base[key].get("name"))
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and same_objective:
+            merged[key] = merge_recipes(base[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_yaml(text: str, where: str) -> dict[str, Any]:
@@ -204,8 +269,14 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
         # no anchors/aliases, which let a few hundred bytes expand into gigabytes
         raw = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except _AliasFound as err:
-        raise RecipeError(f"{where}: YAML aliases (*{err}) are not allowed in recipes",
+        raise RecipeError(f"{where}: YAML aliases (*{short(str(err))}) are not allowed in recipes",
                           "write the values out instead of using &anchors and *aliases") from None
+    except _TooLarge as err:
+        raise RecipeError(f"{where}: {err}", "a recipe is a few sections of a few keys: check that this is the "
+                          "recipe meant") from None
+    except _DuplicateKey as err:
+        raise RecipeError(f"{where}: key {short(err.key)} appears twice, at {err.lines()}",
+                          "keep one of them (a second one would silently replace the first)") from None
     except RecursionError:
         raise RecipeError(f"{where}: the YAML is nested too deeply", "flatten the recipe") from None
     except ValueError as err:  # e.g. an integer of more than 4,300 digits, which Python refuses to read
@@ -233,16 +304,68 @@ class _AliasFound(Exception):
     pass
 
 
+class _TooLarge(Exception):
+    """More nodes or deeper nesting than any recipe needs: refused while composing, before the rest
+    of the document is read (a million keys took 80 s and 1.6 GB before they were refused)."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first, second):  # yaml Marks of the two keys
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+    def lines(self) -> str:
+        if self.first.line != self.second.line:
+            return f"lines {self.first.line + 1} and {self.second.line + 1}"
+        return f"line {self.first.line + 1}, columns {self.first.column + 1} and {self.second.column + 1}"
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _recipe_loader():
     import yaml
 
     class RecipeLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.nodes, self.depth = 0, 0
+
         def compose_node(self, parent, index):  # type: ignore[override]
             if self.check_event(yaml.AliasEvent):
                 raise _AliasFound(self.peek_event().anchor)
-            return super().compose_node(parent, index)
+            self.nodes += 1
+            if self.nodes > MAX_RECIPE_NODES:
+                raise _TooLarge(f"more than {MAX_RECIPE_NODES:,} keys and values")
+            if self.depth >= MAX_RECIPE_DEPTH:
+                raise _TooLarge(f"nested more than {MAX_RECIPE_DEPTH} levels deep")
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            _check_unique_keys(self, node)
+            return super().construct_mapping(node, deep)
 
     return RecipeLoader
+
+
+def _check_unique_keys(loader, node) -> None:
+    """Refuse a key given twice in one mapping (YAML loaders keep the last one without a word).
+    Keys merged in with `<<:` are meant to be overridden and are left out."""
+    seen: dict[Any, Any] = {}
+    for key_node, _ in getattr(node, "value", []):
+        if key_node.tag == MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:  # an unhashable key: the constructor refuses it with its own message
+            continue
+        if first is not key_node:
+            raise _DuplicateKey(key, first.start_mark, key_node.start_mark)
 
 
 class _LazyLoader:
@@ -275,33 +398,39 @@ def apply_override(raw: dict[str, Any], item: str, where: str) -> None:
     """`pretrain.epochs=2` sets raw['pretrain']['epochs'] = 2 (value parsed as YAML)."""
     import yaml
 
-    if len(item) > MAX_SET_CHARS:
+    if len(item) > MAX_SET_CHARS:  # no value of it is quoted, so it is refused before anything is read
         raise RecipeError(f"--set value of {len(item):,} characters is longer than the limit of {MAX_SET_CHARS:,}",
                           "put long values in the recipe file instead")
     if "=" not in item:
-        raise RecipeError(f"--set '{item}' is not KEY=VALUE", "write e.g. --set pretrain.epochs=2")
+        raise RecipeError(f"--set {short(item)} is not KEY=VALUE", "write e.g. --set pretrain.epochs=2")
     key, _, text = item.partition("=")
     try:
         # the recipe files' loader: no anchors and aliases, which let a few bytes expand into gigabytes
         value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None  # noqa: S506
     except _AliasFound as err:
-        raise RecipeError(f"--set '{key}': YAML aliases (*{err}) are not allowed", "write the value out") from None
+        raise RecipeError(f"--set {short(key)}: YAML aliases (*{short(str(err))}) are not allowed",
+                          "write the value out") from None
+    except _TooLarge as err:
+        raise RecipeError(f"--set {short(key)}: the value has {err}", "put large values in the recipe file") from None
+    except _DuplicateKey as err:
+        raise RecipeError(f"--set {short(key)}: key {short(err.key)} appears twice, at {err.lines()} of the value",
+                          "keep one of them") from None
     except ValueError as err:
-        raise RecipeError(f"--set '{key}': the value cannot be read ({err})", "write a smaller number") from None
+        raise RecipeError(f"--set {short(key)}: the value cannot be read ({err})", "write a smaller number") from None
     except RecursionError:
-        raise RecipeError(f"--set '{key}': the value is nested too deeply", "flatten the value") from None
+        raise RecipeError(f"--set {short(key)}: the value is nested too deeply", "flatten the value") from None
     except yaml.YAMLError:
         value = text
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise RecipeError(f"--set '{item}' has an empty key", "write e.g. --set pretrain.epochs=2")
+        raise RecipeError(f"--set {short(item)} has an empty key", "write e.g. --set pretrain.epochs=2")
     node = raw
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise RecipeError(f"--set '{item}': '{part}' is not a section", "override a key inside a section")
+            raise RecipeError(f"--set {short(item)}: {short(part)} is not a section", "override a key inside a section")
         node = child
     node[parts[-1]] = value
 
@@ -350,7 +479,7 @@ def _registered_params(registry, name: str, params: dict[str, Any], where: str, 
     """Check a registry entry's name and its parameters (types, then the dataclass's check())."""
     entry = registry.get(name)
     if entry is None:
-        raise RecipeError(f"{where}: {section}.{key} '{name}' is not a registered {registry.kind}",
+        raise RecipeError(f"{where}: {section}.{key} {short(name)} is not a registered {registry.kind}",
                           did_you_mean(name, registry.names()))
     typed = from_dict(entry.params, params, where, section)
     check = getattr(typed, "check", None)
@@ -360,7 +489,12 @@ def _registered_params(registry, name: str, params: dict[str, Any], where: str, 
     return to_plain(typed)
 
 
-MAX_SET_CHARS = 10_000  # one --set item; recipes themselves have no such limit
+MAX_SET_CHARS = 10_000  # one --set item
+# A recipe is a few sections of a few keys (the largest shipped one: under 100 nodes, 4 deep):
+# these bound what reading a hostile or mistaken file costs, checked before and while it is parsed.
+MAX_RECIPE_BYTES = 2**20
+MAX_RECIPE_NODES = 10_000
+MAX_RECIPE_DEPTH = 32
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 RESERVED_NAMES = ("latest", "dataset", "memo")
 
@@ -370,19 +504,19 @@ def _check_ranges(recipe: Recipe, where: str) -> None:
 
     if not re.fullmatch(NAME_PATTERN, recipe.name) or ".." in recipe.name or \
             recipe.name.split("-")[0] in RESERVED_NAMES:
-        raise RecipeError(f"{where}: name {recipe.name!r} is not a usable recipe name",
+        raise RecipeError(f"{where}: name {short(recipe.name)} is not a usable recipe name",
                           "use 1-100 letters, digits, '.', '_' or '-' (not 'latest', 'dataset' or 'memo')")
     if not 0 <= recipe.seed < 2**32:
         raise RecipeError(f"{where}: seed = {recipe.seed} is out of range: it must be in [0, 2**32)",
                           "pick a smaller seed")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", recipe.data.dataset):
-        raise RecipeError(f"{where}: data.dataset {recipe.data.dataset!r} is not a dataset name",
+        raise RecipeError(f"{where}: data.dataset {short(recipe.data.dataset)} is not a dataset name",
                           "use the name given to `clt download` (letters, digits, '.', '_', '-')")
     _check_progressive_resize(recipe.pretrain, where)
     for (section, key), (ok, must) in _RANGES.items():
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
-            raise RecipeError(f"{where}: {section}.{key} = {value!r} is out of range: it must be {must}",
+            raise RecipeError(f"{where}: {section}.{key} = {short(value)} is out of range: it must be {must}",
                               f"change {section}.{key} in the recipe or with --set {section}.{key}=...")
 
 

@@ -88,6 +88,12 @@ class ObjectiveEntry:
     # dimension, or reads only distances), so the collapse check centres them first: for it a
     # shared offset is no collapse, while a constant output still is
     offset_invariant: bool = False
+    # batch norm in the projection head as the method's reference head has it ("hidden" or "all", as
+    # model.projection_norm): without it BYOL, SimSiam, NNCLR, Barlow Twins and VICReg collapsed on
+    # CIFAR-10 (bench/results/diagnose/), so the collapse advice names it first
+    head_norm: str | None = None
+    # a shipped recipe measured to learn with this objective, named by the collapse and divergence advice
+    known_recipe: str = ""
 
     def compute(self, out: Any, params: Any) -> Any:
         """The loss of one step's clt.methods.ViewOutputs, whichever form the loss takes."""
@@ -109,7 +115,8 @@ def register_encoder(name: str, params: type = NoParams):
 def register_objective(name: str, params: type = NoParams, *, views: int = 1, uses_labels: bool = True,
                        verify: Callable[..., Any] | None = None, score: Callable[..., Any] | None = None,
                        **method: Any):
-    """`method`: reads_views, predictor, target, queue, gather, offset_invariant (see ObjectiveEntry)."""
+    """`method`: reads_views, predictor, target, queue, gather, offset_invariant, head_norm, known_recipe
+    (see ObjectiveEntry)."""
     def deco(fn):
         OBJECTIVES.add(name, ObjectiveEntry(name, fn, params, views, uses_labels, verify, score,
                                             _first_line(fn.__doc__), **method))

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # the loop reads a parsed section; it never parses recipes it
     from clt.recipe import PretrainConfig
 
 COLLAPSE_STD = 0.1  # fraction of the std that uniformly spread unit vectors have (1/sqrt(D))
+# embeddings whose effective rank is below this lie along about one direction, however far they
+# spread along it: BYOL without batch norm in its head sat at 1.3 of 64 while its spread read 0.6
+COLLAPSE_RANK = 2.0
 
 
 def _one_of(knobs: list[str]) -> str:
@@ -34,29 +37,42 @@ def _one_of(knobs: list[str]) -> str:
     return " or ".join(filter(None, [", ".join(knobs[:-1]), knobs[-1]]))
 
 
-def divergence_advice(cfg: PretrainConfig, precision: str) -> str:
+def divergence_advice(cfg: PretrainConfig, precision: str, objective: ObjectiveEntry | None = None) -> str:
     """What to change when the loss turns NaN or infinite, naming only what is not tried already."""
-    knobs = [f"lower pretrain.lr (now {cfg.lr:g})"]
+    knobs = []
+    if not cfg.warmup_epochs:  # the first steps of a fresh network take the largest, least reliable updates
+        knobs.append("warm up with pretrain.warmup_epochs: 1")
+    knobs.append(f"lower pretrain.lr (now {cfg.lr:g})")
     if cfg.optimizer == "sgd":  # LARS's per-layer trust ratio bounds each layer's step, whatever the loss scale
         knobs.append("use pretrain.optimizer: lars")
     if precision != "fp32":
         knobs.append(f"train in fp32 with --precision fp32 (now {precision})")
-    return _one_of(knobs)
+    return _one_of(knobs) + _known_recipe(objective)
 
 
-def collapse_advice(params: Any, lr: float) -> str:
+def _known_recipe(objective: ObjectiveEntry | None) -> str:
+    return f"; {objective.known_recipe} is measured to learn with {objective.name}" \
+        if objective is not None and objective.known_recipe else ""
+
+
+def collapse_advice(params: Any, lr: float, objective: ObjectiveEntry | None = None,
+                    projection_norm: str = "none") -> str:
     """What to change when an objective's embeddings collapse, naming only the knobs it has: the
-    predictor first where it was left out (SimSiam and BYOL collapse without one)."""
+    predictor first where it was left out (SimSiam and BYOL collapse without one), then the batch
+    norm its reference head has (the cause of BYOL's collapse on CIFAR-10, bench/results/diagnose/)."""
     knobs = []
     if getattr(params, "predictor_hidden", None) == 0:
         knobs.append("give it a predictor (objective.predictor_hidden, e.g. 512)")
+    if objective is not None and objective.head_norm and projection_norm == "none":
+        knobs.append(f"put batch norm in the projection head (model.projection_norm: {objective.head_norm}, "
+                     f"as {objective.name}'s reference head has)")
     knobs.append(f"lower pretrain.lr (now {lr:g})")
     if getattr(params, "temperature", None) is not None:
         knobs.append(f"raise objective.temperature (now {params.temperature:g})")
     if getattr(params, "momentum", None) is not None:
         knobs.append(f"slow the target with a higher objective.momentum (now {params.momentum:g})")
     knobs.append("strengthen pretrain.augment")
-    return _one_of(knobs)
+    return _one_of(knobs) + _known_recipe(objective)
 
 
 class Checkpointer(Protocol):
@@ -267,7 +283,8 @@ def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> 
         "image_height": side,
         "seconds": round(time.perf_counter() - loop.started, 3),
     }
-    record["collapse_warning"] = record["embedding_spread"] < COLLAPSE_STD
+    record["collapse_warning"] = bool(record["embedding_spread"] < COLLAPSE_STD
+                                      or record["embedding_rank"] < COLLAPSE_RANK)
     return record
 
 
@@ -291,7 +308,7 @@ def _step(loop: _Loop, order: torch.Tensor, epoch: int, step: int, side: int) ->
         raise DivergenceError(
             f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
             f"(global step {global_step + 1}); the last good checkpoint is kept",
-            divergence_advice(cfg, loop.precision))
+            divergence_advice(cfg, loop.precision, loop.objective))
     loop.optimizer.zero_grad(set_to_none=True)
     if loop.scaler:
         loop.scaler.scale(loss).backward()

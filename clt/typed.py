@@ -32,7 +32,7 @@ def from_dict(cls: type, data: Any, where: str, path: str) -> Any:
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise RecipeError(f"{where}: unknown key '{dotted}'", did_you_mean(str(key), list(fields)))
+            raise RecipeError(f"{where}: unknown key {short(dotted)}", did_you_mean(str(key), list(fields)))
         kwargs[key] = _coerce(hints[key], value, where, dotted)
     return cls(**kwargs)
 
@@ -44,7 +44,7 @@ def _coerce(tp: Any, value: Any, where: str, dotted: str) -> Any:
         return _coerce_union(args, value, where, dotted)
     if origin is Literal:
         if value not in args:
-            raise RecipeError(f"{where}: {dotted} = {value!r} is not allowed",
+            raise RecipeError(f"{where}: {dotted} = {short(value)} is not allowed",
                               did_you_mean(str(value), [str(a) for a in args]))
         return value
     if dataclasses.is_dataclass(tp):
@@ -96,7 +96,7 @@ def _coerce_scalar(tp: Any, value: Any, where: str, dotted: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(where, dotted, value, "an integer")
         if not -2**63 <= value < 2**63:  # torch and numpy take 64-bit integers at most
-            raise RecipeError(f"{where}: {dotted} = {_short(value)} is out of range: it must fit in 64 bits",
+            raise RecipeError(f"{where}: {dotted} = {short(value)} is out of range: it must fit in 64 bits",
                               f"write a smaller {dotted}")
         return value
     if tp is float:
@@ -110,7 +110,7 @@ def _coerce_scalar(tp: Any, value: Any, where: str, dotted: str) -> Any:
 
 def _coerce_float(value: Any, where: str, dotted: str) -> float:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
-        raise RecipeError(f"{where}: {dotted} = {_short(value)} is out of range: it is too large for a number",
+        raise RecipeError(f"{where}: {dotted} = {short(value)} is out of range: it is too large for a number",
                           f"write a smaller {dotted}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         # YAML reads 1e-3 (no dot) as a string: accept a numeric string here
@@ -128,17 +128,28 @@ def _coerce_float(value: Any, where: str, dotted: str) -> float:
     return float(value)
 
 
-def _short(value: Any) -> str:
-    """A value for a message: very long ones (a 400-digit integer) cut to their ends."""
+QUOTE_CHARS = 80  # the most of one value an error message quotes
+
+
+def short(value: Any) -> str:
+    """A value for an error message, quoted (repr) and cut to its first QUOTE_CHARS characters:
+    a recipe value can be a megabyte, and messages are printed whole.
+
+    Example: short("x" * 1000) == "'" + "x" * 80 + "'… (1,000 characters)"
+    """
+    if isinstance(value, str):
+        return repr(value) if len(value) <= QUOTE_CHARS else f"{value[:QUOTE_CHARS]!r}… ({len(value):,} characters)"
     try:
         text = repr(value) if not isinstance(value, int) else str(value)
     except ValueError:  # an integer beyond Python's digit limit for str()
         return "an integer of more than 4,300 digits"
-    return text if len(text) <= 60 else f"{text[:25]}...{text[-25:]} ({len(text)} characters)"
+    except RecursionError:  # a list nested past Python's limit (yaml builds them without recursion)
+        return f"a {type(value).__name__} nested too deeply to show"
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}… ({len(text):,} characters)"
 
 
 def _type_error(where: str, dotted: str, value: Any, expected: str) -> RecipeError:
-    return RecipeError(f"{where}: {dotted} = {_short(value)} has the wrong type: expected {expected}",
+    return RecipeError(f"{where}: {dotted} = {short(value)} has the wrong type: expected {expected}",
                        f"write {dotted} as {expected}")
 
 

@@ -15,7 +15,9 @@ import clt
 from clt.errors import DataError
 
 # The digits pipeline's ids as main gave them before the library split (the stages moved into
-# clt/stages/, the CLI onto clt.api): moving code must not move a single stored artifact.
+# clt/stages/, the CLI onto clt.api), when an id hashed the spec alone. Since then an id also hashes
+# the code behind its stage (clt/fingerprint.py): with that part taken out, the ids must be these,
+# so moving code changed no spec; with it in, they differ, and exactly when the code does.
 PINNED_IDS = {
     "dataset": "3e340c0e61a3581dd2956251f86d404910b76905c53fb38a0db2b67c37a415b2",
     "encoder": "336b6eb07bb94c224781aa1bbff9c0d2850f45711feea13854cde10800bc41ea",
@@ -27,16 +29,28 @@ PINNED_IDS = {
 }
 
 
-def test_the_digits_pipeline_keeps_every_address(store_copy: Trained):
-    """The fixture's encoder and probe are the CLI's `pretrain --set pretrain.epochs=1` and `probe --epochs 1`."""
-    root = store_copy.root
-    assert (store_copy.dataset, store_copy.encoder, store_copy.probe) == \
-        (PINNED_IDS["dataset"], PINNED_IDS["encoder"], PINNED_IDS["probe"])
-    assert clt.evaluate(store_copy.probe, store=root).id == PINNED_IDS["evaluation"]
-    assert clt.evaluate(store_copy.encoder, knn=5, store=root).id == PINNED_IDS["knn"]
-    embeddings = clt.embed(store_copy.encoder, store=root)
-    assert embeddings.id == PINNED_IDS["embed"]
-    assert clt.tsne(embeddings.id, pca=True, store=root).id == PINNED_IDS["tsne"]
+def _digits_pipeline_ids(root: Path) -> dict[str, str]:
+    encoder = clt.pretrain(str(ROOT / "recipes" / "digits_pair.yaml"), overrides=["pretrain.epochs=1"], store=root)
+    probe = clt.probe(encoder.id, overrides=["probe.epochs=1"], store=root)
+    embeddings = clt.embed(encoder.id, store=root)
+    return {"dataset": clt.open_store(root).get(encoder.id).inputs["dataset"], "encoder": encoder.id,
+            "probe": probe.id, "evaluation": clt.evaluate(probe.id, store=root).id,
+            "knn": clt.evaluate(encoder.id, knn=5, store=root).id, "embed": embeddings.id,
+            "tsne": clt.tsne(embeddings.id, pca=True, store=root).id}
+
+
+def test_ids_change_exactly_when_the_code_they_depend_on_changes(trained: Trained, tmp_path: Path, monkeypatch):
+    """Without the code part every digits address is the pinned one; with it, every stage's but the
+    dataset's (addressed by its content) moves, and the CLI's fixture store agrees with the library."""
+    import clt.store
+
+    monkeypatch.setattr(clt.store, "code_of", lambda spec: None)
+    assert _digits_pipeline_ids(tmp_path / "spec_only") == PINNED_IDS
+    monkeypatch.undo()
+    with_code = _digits_pipeline_ids(tmp_path / "with_code")
+    assert (with_code["encoder"], with_code["probe"]) == (trained.encoder, trained.probe)
+    assert with_code["dataset"] == PINNED_IDS["dataset"]
+    assert all(with_code[k] != PINNED_IDS[k] for k in PINNED_IDS if k != "dataset")
 
 
 def test_clt_embed_equals_encoder_embed(store_copy: Trained):

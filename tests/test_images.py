@@ -33,7 +33,7 @@ def test_embed_images_of_a_folder_matches_the_dataset_rows(store_copy: Trained, 
     ran = cli(store_copy.root, "embed", store_copy.encoder, "--images", str(folder), str(folder.parent / "mixed")).ok()
     assert "skipped 1 file(s)" in ran.stderr and "broken.png" in ran.stderr
     artifact = clt.open_store(store_copy.root).get(ran.id)
-    paths = artifact.file("paths.txt").read_text().splitlines()
+    paths = [json.loads(line) for line in artifact.file("paths.jsonl").read_text().splitlines()]
     assert paths == sorted(str(p) for p in folder.glob("*.png"))  # row order is the paths' order
     expected = clt.load_encoder(store_copy.encoder, store=store_copy.root).embed(images)
     np.testing.assert_allclose(np.load(artifact.file("embeddings.npy")), expected, atol=1e-5)
@@ -77,7 +77,7 @@ def test_embed_images_from_a_glob_and_a_tarball_and_to_plain_files(trained: Trai
     assert Path(ran.stdout.strip()) == out
     np.testing.assert_allclose(np.load(out), clt.load_encoder(encoder, store=trained.root).embed(images[:10]),
                                atol=1e-5)
-    assert len(out.with_suffix(".paths.txt").read_text().splitlines()) == 10
+    assert len(out.with_suffix(".paths.jsonl").read_text().splitlines()) == 10
     csv_out = tmp_path / "vectors.csv"
     cli(trained.root, "embed", encoder, "--images", str(archive), "--out", str(csv_out)).ok()
     lines = csv_out.read_text().splitlines()

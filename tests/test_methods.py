@@ -249,6 +249,20 @@ def test_collapse_advice_puts_a_missing_predictor_first(name):
     assert advice.startswith("give it a predictor (objective.predictor_hidden")
 
 
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_collapse_advice_names_the_batch_norm_of_the_methods_reference_head(name):
+    """BYOL collapsed on CIFAR-10 (rank 1.3 of 64) with a projection head without batch norm and
+    learned with one: the advice names that knob, with the value the method's reference uses."""
+    entry = OBJECTIVES[name]
+    advice = collapse_advice(entry.params(), 0.3, entry, projection_norm="none")
+    if entry.head_norm:
+        assert advice.startswith(f"put batch norm in the projection head (model.projection_norm: {entry.head_norm}")
+        assert "projection_norm" not in collapse_advice(entry.params(), 0.3, entry, projection_norm=entry.head_norm)
+    else:
+        assert "projection_norm" not in advice
+    assert (entry.known_recipe in advice) if entry.known_recipe else "is measured to learn" not in advice
+
+
 @pytest.mark.parametrize("name", VIEW_OBJECTIVES)
 def test_digits_recipe_of_each_view_objective_pretrains_from_the_cli(name, tmp_path):
     run = subprocess.run([sys.executable, "-m", "clt", "--artifacts", str(tmp_path), "pretrain",

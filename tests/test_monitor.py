@@ -53,7 +53,7 @@ def test_bad_monitor_settings_are_refused_by_key(bad, tmp_path):
         clt.pretrain(DIGITS, overrides=[bad], store=tmp_path)
 
 
-def test_an_unlabeled_dataset_skips_the_monitor_with_a_note(tmp_path):
+def test_an_unlabeled_dataset_is_monitored_by_view_retrieval(tmp_path):
     from PIL import Image
 
     folder = tmp_path / "pics"
@@ -67,5 +67,8 @@ def test_an_unlabeled_dataset_skips_the_monitor_with_a_note(tmp_path):
                       "pretrain: {epochs: 1, batch_size: 16, monitor: {knn: 3}}\n")
     events = []
     result = clt.pretrain(recipe, store=store, progress=events.append)
-    assert "monitor" not in result.manifest
-    assert any("no kNN monitor" in e.message for e in events)
+    monitor = result.manifest["monitor"]  # no labels: view retrieval beside untrained and pixels, not kNN
+    assert monitor["measure"] == "view retrieval" and set(monitor["baselines"]) == {"untrained", "pixels"}
+    assert [p["epoch"] for p in monitor["curve"]] == [1] and 0 <= result.metrics["monitor_view_retrieval"] <= 1
+    assert any("instead of kNN" in e.message for e in events)
+    assert any(e.message.startswith("monitor: view retrieval") for e in events)

@@ -383,3 +383,36 @@ def test_progressive_resize_is_left_out_of_the_address_until_set():
 def test_bad_progressive_resize_is_refused_by_key(value, says):
     err = error_of(DIGITS, ("pretrain.epochs=3", f"pretrain.progressive_resize={value}"))
     assert "pretrain.progressive_resize" in str(err) and says in str(err)
+
+
+def test_a_recipe_says_only_what_differs_from_its_base(tmp_path: Path):
+    (tmp_path / "bases").mkdir()
+    write(tmp_path, "model: {encoder: cifar_resnet, depth: 20, width: 16}\n"
+          "objective: {name: simclr, temperature: 0.5}\n"
+          "pretrain: {epochs: 10, batch_size: 256, lr: 0.3, optimizer: sgd}\n", "bases/shared.yaml")
+    own = write(tmp_path, "base: bases/shared.yaml\nmodel: {projection: [64, 32]}\n"
+                "objective: {name: byol, momentum: 0.996}\npretrain: {lr: 0.1}\n", "mine.yaml")
+    recipe = load_recipe(own)
+    assert recipe.name == "mine"  # its own file's name, not the base's
+    assert (recipe.model.params["depth"], recipe.model.projection) == (20, [64, 32])
+    assert (recipe.pretrain.epochs, recipe.pretrain.lr) == (10, 0.1)
+    # an objective of another name replaces the base's: simclr's temperature must not reach byol
+    assert recipe.objective.name == "byol" and "temperature" not in recipe.objective.params
+    assert load_recipe(own, ["pretrain.lr=0.2"]).pretrain.lr == 0.2  # overrides still come last
+
+
+def test_a_base_that_is_missing_or_leads_back_to_itself_is_refused_by_name(tmp_path: Path):
+    assert "does not exist" in str(error_of(write(tmp_path, "base: nowhere.yaml\n", "a.yaml")))
+    write(tmp_path, "base: c.yaml\n", "b.yaml")
+    write(tmp_path, "base: b.yaml\n", "c.yaml")
+    message = str(error_of(tmp_path / "b.yaml"))
+    assert "leads back to itself" in message and "b.yaml -> c.yaml -> b.yaml" in message
+    assert "path of a recipe file" in str(error_of(write(tmp_path, "base: [1, 2]\n", "d.yaml")))
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("cifar10_*_cpu.yaml")), ids=lambda p: p.name)
+def test_cifar10_cpu_recipes_share_one_base(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    assert raw["base"] == "bases/cifar10_cpu.yaml"
+    recipe = load_recipe(path)
+    assert (recipe.model.encoder, recipe.pretrain.batch_size, recipe.evaluate.knn_k) == ("cifar_resnet", 256, 200)

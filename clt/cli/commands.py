@@ -7,15 +7,16 @@ the library (clt.api) is loaded only once a command runs, so `clt --help` starts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from clt.errors import INTERRUPTED, CltError
+from clt.errors import INTERRUPTED, CltError, write_error
 
 app = typer.Typer(
     name="clt",
@@ -85,18 +86,12 @@ def _opts(device: Optional[str] = None) -> dict[str, Any]:
 def _run(fn: Callable[[], Any]) -> Any:
     """Run a stage: user errors become one short message, Ctrl-C one line, no tracebacks."""
     try:
-        return fn()
+        with _warnings_as_lines():
+            return fn()
     except CltError as err:
         if STATE.debug:
             raise
-        console = _console()
-        console.quiet = False
-        from rich.markup import escape  # messages quote user input: "[/x]" is not markup
-
-        console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, markup=True, soft_wrap=True)
-        if err.hint:
-            console.print(f"  [bold]fix:[/] {escape(err.hint)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
+        _say(err)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         raise typer.Exit(130) from None
@@ -105,9 +100,44 @@ def _run(fn: Callable[[], Any]) -> Any:
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         if STATE.debug:
             raise
+        # a write failure no stage named (full, read-only, under a file): still its file and the fix
+        named = write_error(err, elsewhere="write somewhere else") if isinstance(err, OSError) else None
+        if named is not None:
+            _say(named)
         print(f"error: internal error {type(err).__name__}: {err}\n  fix: run again with --debug for the "
               f"traceback and report it", file=sys.stderr)
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Python warnings (clt's own and its libraries') as one 'warning: ...' line on stderr, like the
+    stages' warnings, instead of Python's 'FILE:LINE: UserWarning: ...' and the source line."""
+    import warnings
+
+    from rich.markup import escape
+
+    from clt.rows import one_line
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001 - Python's signature
+        _console().print(f"[bold yellow]warning:[/] {escape(one_line(str(message)))}", highlight=False,
+                         soft_wrap=True)
+
+    with warnings.catch_warnings():  # puts Python's own back afterwards (the API and tests stay as they were)
+        warnings.showwarning = show
+        yield
+
+
+def _say(err: CltError) -> None:
+    """Print a user error as its two lines (error, fix) and end with its exit code."""
+    console = _console()
+    console.quiet = False
+    from rich.markup import escape  # messages quote user input: "[/x]" is not markup
+
+    console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, markup=True, soft_wrap=True)
+    if err.hint:
+        console.print(f"  [bold]fix:[/] {escape(err.hint)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(err.exit_code) from None
 
 
 def _emit(result, json_out: bool = False) -> None:
@@ -180,6 +210,10 @@ def download(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Get a dataset into the store (downloads with checksums, or imports a local copy).
+
+    An image folder or tarball keeps each image's path relative to its root (train.paths.jsonl and
+    test.paths.jsonl in the dataset), so embed, index, search and predict --knn name the files; the
+    built-in datasets and IDX or CIFAR-10 batch files have none, and their images are named by row.
 
     Example: clt download mnist --from ../shared/datasets/mnist
     """
@@ -271,25 +305,39 @@ def evaluate(
     knn: Optional[int] = typer.Option(None, "--knn", help="Also classify by the K nearest train embeddings."),
     knn_metric: Optional[str] = typer.Option(None, "--metric", help="kNN metric: cosine or euclidean."),
     knn_vote: Optional[str] = typer.Option(None, "--vote", help="kNN vote: majority or distance."),
+    quality: Optional[bool] = typer.Option(None, "--quality/--no-quality", help="Label-free measures (view "
+                                           "retrieval, rank, alignment, uniformity) beside the untrained encoder "
+                                           "and raw pixels; on by default for a dataset without labels."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV of file name,tag (header optional): "
+                                          "cross-validated kNN accuracy of your own tags, beside untrained and "
+                                          "pixels; ten tagged images per tag are enough."),
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Accuracy, per-class accuracy, confusion matrix; pair accuracy for pair-trained encoders.
 
-    Given several artifacts (one per seed), also prints mean ± std (sample std).
+    Given several artifacts (one per seed), also prints mean ± std (sample std). On a dataset
+    without labels (an imported folder of photos) it measures the encoder without them: how often
+    an augmented view of a held-out image finds its own source (view retrieval), beside the same
+    for the untrained encoder and raw pixels, with a verdict. Embeddings that are the zero vector
+    are warned about; cosine kNN takes their similarity to everything as 0, ties to the lower row.
 
-    Example: clt evaluate --confusion
+    Example: clt evaluate --confusion; clt evaluate ENCODER --labels tags.csv
     """
     from clt.cli import render
 
     def go():
         opts = _opts(device)
-        results = [_api().evaluate(ref, confusion=confusion, knn=knn, metric=knn_metric, vote=knn_vote, **opts)
+        results = [_api().evaluate(ref, confusion=confusion, knn=knn, metric=knn_metric, vote=knn_vote,
+                                   quality=quality, labels=labels, **opts)
                    for ref in (refs or [None])]
         console = _console()
         for result in results:
             for table in render.evaluation_tables(result.manifest, result.short):
                 console.print(table)
+            if "label_free_verdict" in result.manifest["results"]:
+                console.print(result.manifest["results"]["label_free_verdict"], highlight=False, markup=False,
+                              soft_wrap=True)  # one line, whatever the terminal's width
             if "confusion.png" in result.manifest.get("files", {}):
                 console.print(f"confusion heatmap: {result.file('confusion.png')}", highlight=False, markup=False)
         if len(results) > 1:
@@ -309,11 +357,13 @@ def evaluate(
 def embed(
     encoder: Optional[str] = typer.Argument(None, help="Encoder (default: latest)."),
     more: Optional[list[str]] = typer.Argument(None, metavar="[IMAGES]...", help="More images, after --images."),
-    split: str = typer.Option("test", "--split", help="train or test."),
+    split: Optional[str] = typer.Option(None, "--split", help="train or test (default: test when the dataset "
+                                        "has test images, else train: all images of an unlabeled folder)."),
     images: list[str] = typer.Option([], "--images", help="Embed new images instead of a split: files, folders "
                                      "(recursive), glob patterns or a .tar.gz (repeatable, or list them after it)."),
     out: Optional[str] = typer.Option(None, "--out", help="With --images: write a plain FILE.npy (plus "
-                                      "FILE.paths.txt) or FILE.csv instead of an artifact."),
+                                      "FILE.paths.jsonl, one JSON string per row) or FILE.csv instead of an "
+                                      "artifact."),
     projector: bool = typer.Option(False, "--projector", help="Also write vectors.tsv + metadata.tsv for the "
                                    "TensorBoard Embedding Projector."),
     device: str = DEVICE_OPT,
@@ -360,14 +410,21 @@ def tsne(
     pca: bool = typer.Option(False, "--pca", help="PCA instead of t-SNE (fast)."),
     perplexity: float = typer.Option(30.0, "--perplexity"),
     max_points: int = typer.Option(5000, "--max-points", help="Draw a seeded sample of at most this many."),
+    thumbnails: bool = typer.Option(False, "--thumbnails", help="Draw small images at up to 200 points "
+                                    "(a seeded sample)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", metavar="TAGS.CSV", help="Colour by your own "
+                                           "tags: a CSV of file name,tag (header optional; untagged points grey), "
+                                           "for embeddings of files: clt embed ENCODER --images FOLDER."),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Draw embeddings in 2-D (t-SNE or PCA) as a PNG coloured by class.
+    """Draw embeddings in 2-D (t-SNE or PCA) as a PNG coloured by class (or by your tags).
 
-    Example: clt tsne --pca
+    t-SNE needs more points than 3 x --perplexity; for fewer, lower it or use --pca.
+
+    Example: clt tsne --pca --thumbnails
     """
-    _emit(_run(lambda: _api().tsne(embeddings, pca=pca, perplexity=perplexity, max_points=max_points, **_opts())),
-          json_out)
+    _emit(_run(lambda: _api().tsne(embeddings, pca=pca, perplexity=perplexity, max_points=max_points,
+                                   thumbnails=thumbnails, color_by=color_by, **_opts())), json_out)
 
 
 @app.command()
@@ -382,9 +439,17 @@ def predict(
 ) -> None:
     """Classify new images: one line per image on stdout, path<TAB>class<TAB>prob (a table on stderr).
 
+    Fields escape tab, CR, LF and backslash as \\t \\r \\n \\\\, other control and line-break
+    characters as \\uXXXX and bytes of a name that are not UTF-8 as \\xNN, so one line is one image;
+    --json prints each path exactly (a JSON string). With --knn, --json also lists each image's K
+    voters as "neighbours" (row, path, class) and the table its nearest: by file name for a
+    dataset imported with `clt download NAME --from`, by train row number for a built-in one
+    (digits, mnist, fashion-mnist, cifar10; "path" null).
+
     Example: clt predict latest-probe photos/ --top 3
     """
     from clt.cli import render
+    from clt.rows import tsv_field
 
     rows = _run(lambda: _api().predict(probe, images, top=top, knn=knn, **_opts(device)))
     _console().print(render.predictions_table(rows))
@@ -392,7 +457,8 @@ def predict(
         if STATE.json or json_out:
             print(json.dumps(row))
         else:
-            print("\t".join([row["path"], *[f"{c['class']}\t{c['prob']:.4f}" for c in row["top"]]]))
+            fields = [row["path"], *[f for c in row["top"] for f in (c["class"], f"{c['prob']:.4f}")]]
+            print("\t".join(map(tsv_field, fields)))
 
 
 @app.command()
@@ -406,6 +472,9 @@ def index(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Build a search index over stored embeddings; prints the index's id.
+
+    The index keeps the embeddings' names: file names for a dataset imported from a folder or
+    tarball, or for `embed --images`; for a built-in dataset's split, row numbers.
 
     Example: clt index latest-encoder --kind hnsw
     """
@@ -421,18 +490,31 @@ def search(
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Find the stored images nearest to each query: query<TAB>rank<TAB>row or path<TAB>class<TAB>distance.
+    """Find the stored images nearest to each query: query<TAB>rank<TAB>name<TAB>class<TAB>distance.
+
+    The name is the stored image's file name: its path inside the folder or archive imported with
+    `clt download NAME --from`, or the path given to `embed --images`. Built-in datasets (digits,
+    mnist, fashion-mnist, cifar10) have no file names: their images are named by their row number
+    in the indexed split (--json: "path" null, "row" the number). The class field is empty where the
+    image has no class (--json: "class" and "label" null). Grid captions show the same name.
+
+    Fields escape tab, CR, LF and backslash as \\t \\r \\n \\\\, other control and line-break
+    characters as \\uXXXX and bytes of a name that are not UTF-8 as \\xNN, so one line is one
+    neighbour; --json prints each path exactly (a JSON string).
 
     Example: clt search latest-index query.jpg -k 5 --grid neighbours.png
     """
+    from clt.rows import tsv_field
+
     found = _run(lambda: _api().search(index_ref, images, k=k, grid=grid, **_opts(device)))
     for result in found:
         if STATE.json or json_out:
             print(json.dumps(result))
             continue
         for n in result["neighbours"]:
-            where = n["path"] if n["path"] is not None else str(n["row"])
-            print(f"{result['query']}\t{n['rank']}\t{where}\t{n['class'] or n['label']}\t{n['distance']:.6f}")
+            name = n["path"] if n["path"] is not None else str(n["row"])  # as clt.stages.search.shown_name
+            fields = [result["query"], str(n["rank"]), name, n["class"] or "", f"{n['distance']:.6f}"]
+            print("\t".join(map(tsv_field, fields)))
 
 
 @app.command()
@@ -551,6 +633,9 @@ def ls_(
     def go():
         store = _store()
         rows = _api().list_artifacts(kind, store=store)
+        note = KEY_NOTES.get(_api().key_status(store=store)["state"])
+        if note and (rows or kind):
+            print(note, file=sys.stderr)
         if STATE.json or json_out:
             print(json.dumps(rows))
             return
@@ -561,6 +646,11 @@ def ls_(
         Console(width=max(140, _terminal_width())).print(render.artifacts_table(rows, str(store.root)))
 
     _run(go)
+
+
+# what `clt ls` says of a store whose signatures this user cannot check (it lists what sha256 confirms)
+KEY_NOTES = {"unreadable": "store key unreadable: read-only, checked by sha256 only",
+             "unkeyed": "store has no key: checked by sha256 only (`clt verify --adopt-key` signs it)"}
 
 
 def _terminal_width() -> int:
@@ -583,34 +673,60 @@ def show(ref: str = typer.Argument(..., help="Artifact id, prefix, ref or path."
 
 
 @app.command()
-def verify(ref: Optional[str] = typer.Argument(None, help="One artifact (default: every artifact).")) -> None:
-    """Recheck every file's sha256 and the manifest; exit 1 if anything is damaged.
+def verify(ref: Optional[str] = typer.Argument(None, help="One artifact (default: every artifact)."),
+           adopt_key: bool = typer.Option(False, "--adopt-key", help="On purpose only: make the key in place (a "
+                                          "new one if store.key is missing) the store's key, signing every artifact "
+                                          "whose files match their sha256.")) -> None:
+    """Recheck every file's sha256 and the manifest; exit 1 if anything is damaged or the signatures
+    cannot be checked (store.key missing or replaced: that is not damage, and gc --damaged keeps them).
 
     Example: clt verify
     """
     def go():
-        found = _api().verify(ref, store=_store())
+        if adopt_key:
+            _adopt_key()
+            return
+        store = _store()
+        status = _api().key_status(store=store)
+        found = _api().verify(ref, store=store)
         bad = 0
         for artifact_id, problems in found.items():
             for problem in problems:
                 print(f"{artifact_id[:12]}: {problem}", file=sys.stderr)
             bad += bool(problems)
         print(f"{len(found) - bad} ok, {bad} damaged", file=sys.stderr)
+        uncheckable = status["state"] in ("missing", "replaced")
+        if found and status["state"] != "ok":
+            print(f"signatures not checked: {status['message']}", file=sys.stderr)
+        if uncheckable:
+            print(f"  fix: {status['hint']}; `clt gc --damaged` removes only the damaged ones", file=sys.stderr)
         if bad:
             print("  fix: `clt gc --damaged` removes them; run the stages that made them again", file=sys.stderr)
+        if bad or uncheckable:
             raise typer.Exit(1)
 
     _run(go)
 
 
+def _adopt_key() -> None:
+    store = _store()
+    done = _api().adopt_key(store=store)
+    print(f"signed {len(done['signed'])} artifacts whose files match their sha256 with {store.root}/store.key; "
+          "an edit made while the store had no usable key cannot be told from the original", file=sys.stderr)
+    for artifact_id in done["skipped"]:
+        print(f"skipped {artifact_id[:12]}: damaged (`clt gc --damaged` removes it)", file=sys.stderr)
+
+
 @app.command()
-def gc(damaged: bool = typer.Option(False, "--damaged", help="Also delete artifacts that fail verification.")) -> None:
+def gc(damaged: bool = typer.Option(False, "--damaged", help="Also delete artifacts that fail verification."),
+       stale: bool = typer.Option(False, "--stale", help="Also delete artifacts made by other clt code (marked "
+                                  "'older code' by clt ls); no stage of this code uses them again.")) -> None:
     """Remove partial directories left by killed runs (and, with --damaged, damaged artifacts).
 
-    Example: clt gc
+    Example: clt gc --stale
     """
     def go():
-        removed = _api().gc(damaged, store=_store())
+        removed = _api().gc(damaged, stale=stale, store=_store())
         for path in removed:
             print(f"removed {path}", file=sys.stderr)
         print(f"{len(removed)} removed", file=sys.stderr)

@@ -26,7 +26,10 @@ class RichProgress:
         elif event.kind == "warn":
             from rich.markup import escape
 
-            self.console.print(f"[bold yellow]warning:[/] {escape(event.message)}", highlight=False, soft_wrap=True)
+            from clt.rows import one_line  # a warning quoting a file name stays one line
+
+            self.console.print(f"[bold yellow]warning:[/] {escape(one_line(event.message))}", highlight=False,
+                               soft_wrap=True)
         elif event.kind == "start":
             self._start(event)
         elif event.kind == "update" and event.task in self.bars:

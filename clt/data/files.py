@@ -8,12 +8,13 @@ converted to the encoder's channels and resized bilinearly to its input size.
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from clt.data.sources import Tree, decode_image, dir_tree, read_file, tar_tree
+from clt.data.sources import Tree, decode_image, dir_tree, read_file, real_folders, tar_tree
 from clt.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -37,12 +38,50 @@ def collect_images(items: list[str | Path]) -> Tree:
                           if name.lower().endswith(IMAGE_SUFFIXES)})
         elif path.is_file():
             found[item] = path
+        elif path.exists():
+            raise _not_regular(item)
         else:
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = sorted(_glob(item))
             if not matches:
                 raise DataError(f"'{item}' is neither a file, a folder nor a pattern that matches any file",
                                 "check the path; quote glob patterns such as 'photos/*.jpg'")
-            found.update(collect_images([m for m in matches if Path(m).is_file()]))
+            # a pattern's folders are not walked, and its broken links are not files
+            found.update(collect_images([m for m in matches if Path(m).exists() and not Path(m).is_dir()]))
+    return found
+
+
+def _not_regular(item: str) -> DataError:
+    """A FIFO, device or socket named on the command line: refused by name, as one inside a folder
+    is (reading a FIFO or /dev/zero would never end, and dropping it would go unnoticed)."""
+    import stat
+
+    mode = Path(item).stat().st_mode
+    kind = next((k for test, k in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                                   (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")) if test(mode)),
+                "not a file")
+    return DataError(f"'{item}' is not a regular file ({kind})",
+                     "pass image files, folders of them, glob patterns or a .tar.gz")
+
+
+def _glob(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` walks each real folder once. glob follows
+    linked folders without remembering them: through DIR/loop -> DIR it went on until the kernel's
+    limit on links in a path, and through two such links it never ends."""
+    parts = pattern.split("/")
+    if "**" not in parts:
+        return glob.glob(pattern)
+    at = parts.index("**")
+    head, rest = "/".join(parts[:at]) or ("/" if at else ""), "/".join(parts[at + 1:])
+    if glob.has_magic(head):
+        bases = [b for b in glob.glob(head) if Path(b).is_dir()]
+    else:
+        bases = [head] if head == "" or Path(head).is_dir() else []
+    found: list[str] = []
+    for base in bases:
+        for folder in real_folders(base):
+            # the folder's own name is matched literally: it may hold [, * or ?
+            below = os.path.join(glob.escape(folder), rest or "*")
+            found.extend(_glob(below) if "**" in rest.split("/") else glob.glob(below))
     return found
 
 

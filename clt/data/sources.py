@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from clt.errors import DataError, did_you_mean
+from clt.errors import STORE_ELSEWHERE, DataError, did_you_mean, write_error, writing
 
 Progress = Callable[[str, int, int], None]
 
@@ -38,6 +38,10 @@ class DatasetArrays:
     test_labels: np.ndarray  # int64, (M,)
     classes: list[str]  # index = label; [] when unlabeled
     source: str  # human description of where the data came from
+    # each row's source path relative to the folder or archive given (an image import); None where the
+    # rows have no file of their own (digits, IDX, CIFAR batches): their name is their row number
+    train_paths: list[str] | None = None
+    test_paths: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,19 @@ PROGRESS_EVERY = 2000
 # or archive member read whole, and the pixels of one decoded image.
 MAX_FILE_BYTES = 256 * 2**20  # MNIST's largest file is 47 MB uncompressed, a CIFAR-10 batch 31 MB
 MAX_ARCHIVE_BYTES = 8 * 2**30  # all members of one archive, held in memory while it is read
+# ...and at most this many times the archive's own size once past MAX_FILE_BYTES: datasets compress
+# 1-10x (MNIST's gzip 5x, CIFAR-10's 1.1x, PNGs not at all) where a bomb of zeros reaches 1000x
+# (8 MB of tar.gz held 2.6 GB, each member under the one-file limit)
+MAX_ARCHIVE_RATIO = 100
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo; PIL itself only warns below 89 million
+# What an image costs to decode, convert and resize besides its pixels, in pixels of the converted
+# (RGB, 4-byte) image: PIL keeps a pointer per row in each image (source and converted) and bilinear
+# resizing a weight per input row and column (measured, Pillow 13: 16 bytes a row for the pointers,
+# 16 a row and 16 a column for the weights). Counted against MAX_PIXELS, so that no image costs more
+# than the largest square one: decoded to 28x28, a 1 x 10,000,000 RGB image took 386 MB of peak
+# memory and 10,000,000 x 1 233 MB, where 3163 x 3163 (as many pixels) takes 119 MB.
+ROW_COST = 8
+COLUMN_COST = 4
 
 
 def fetch(
@@ -151,7 +167,8 @@ def _remote_files(name: str) -> tuple[list[str], list[tuple[str, str]]]:
 def _download(name: str, folder: Path, mirrors: list[str] | None, progress: Progress) -> DatasetArrays:
     default_mirrors, files = _remote_files(name)
     mirrors = list(mirrors) if mirrors is not None else default_mirrors
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder, DOWNLOADS_ELSEWHERE):
+        folder.mkdir(parents=True, exist_ok=True)
     origins = set()
     for i, (filename, md5) in enumerate(files):
         progress(f"downloading {filename}", i, len(files))
@@ -164,6 +181,17 @@ def _download(name: str, folder: Path, mirrors: list[str] | None, progress: Prog
         data = _import_idx(name, dir_tree(folder), folder)
     data.source = f"downloaded from {origin}" if origin else f"cached download in {folder}"
     return data
+
+
+# downloads are kept in the store: writing elsewhere means another store
+DOWNLOADS_ELSEWHERE = STORE_ELSEWHERE + " (downloads are kept in the store)"
+
+
+def _raise_write_failure(err: Exception, folder: Path) -> None:
+    """A full or read-only disk is no mirror's fault: trying the next one cannot help, say what can."""
+    failure = write_error(err, folder, DOWNLOADS_ELSEWHERE) if isinstance(err, OSError) else None
+    if failure is not None:
+        raise failure from err
 
 
 def _download_file(filename: str, md5: str, mirrors: list[str], folder: Path) -> str:
@@ -187,6 +215,7 @@ def _download_file(filename: str, md5: str, mirrors: list[str], folder: Path) ->
                 return base
             tried.append(f"{url} (md5 mismatch)")
         except (OSError, urllib.error.URLError, RuntimeError, ValueError) as e:
+            _raise_write_failure(e, folder)
             tried.append(f"{url} ({e})")
         finally:
             tmp.unlink(missing_ok=True)
@@ -208,13 +237,23 @@ def import_local(name: str, path: Path, *, size: tuple[int, int] | None, progres
         tree = tar_tree(path)
     else:
         raise DataError(f"dataset path not found: {path}", "check the path given to --from")
-    tree = _strip_single_top(tree)
+    whole, tree = tree, _strip_single_top(tree)
     names = {PurePosixPath(k).name for k in tree if "/" not in k}
     if all(f in names or f + ".gz" in names for f in IDX_FILES.values()):
         return _import_idx(name, tree, path)
     if "data_batch_1" in names or "test_batch" in names:
         return _import_cifar(name, tree, path)
-    return _import_images(name, tree, path, size, progress)
+    return _import_images(name, tree, path, size, progress, _stripped_prefix(whole, tree))
+
+
+def _stripped_prefix(whole: Tree, stripped: Tree) -> str:
+    """The wrapping folders _strip_single_top removed ("" or e.g. "photos/"): an image's name is its
+    path from the root the user gave, not from the folder clt looked into."""
+    if not whole:
+        return ""
+    # the stripped tree is built in the whole one's order, so their first keys are the same file
+    first, inner = next(iter(whole)), next(iter(stripped))
+    return first[:len(first) - len(inner)]
 
 
 def _read(value: bytes | Path) -> bytes:
@@ -259,23 +298,58 @@ def _gunzip(raw: bytes, label: str) -> bytes:
 
 
 def dir_tree(root: Path) -> Tree:
-    """Every visible file below `root`, by its relative POSIX name (read lazily: the values are paths)."""
+    """Every visible file below `root`, by its relative POSIX name (read lazily: the values are paths).
+    Linked folders are followed, each real folder once (see `real_folders`)."""
     tree: Tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Hidden entries (.DS_Store, .git, half downloads) are OS or tool debris, not data.
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith("."):
-                p = Path(dirpath, f)
+    for folder in real_folders(str(root)):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable: as os.walk, which this replaced, skips it
+        for entry in entries:
+            # Hidden entries (.DS_Store, .git, half downloads) are OS or tool debris, not data.
+            if not entry.name.startswith(".") and not _is_dir(entry):
+                p = Path(entry.path)
                 tree[p.relative_to(root).as_posix()] = p
     return tree
+
+
+def real_folders(root: str) -> list[str]:
+    """`root` and every visible folder below it, links followed, each real folder (device, inode)
+    once, in sorted depth-first order: a link back up (DIR/loop -> DIR) would otherwise be walked
+    forever, and two links to each other grow the walk exponentially."""
+    seen: set[tuple[int, int]] = set()
+    found: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder or os.curdir)
+            entries = sorted(os.scandir(folder or os.curdir), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        found.append(folder)
+        below = [os.path.join(folder, e.name) for e in entries if not e.name.startswith(".") and _is_dir(e)]
+        stack.extend(reversed(below))
+    return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; a dangling link is a file, refused when it is read
+    except OSError:
+        return False
 
 
 def tar_tree(path: Path) -> Tree:
     """Read the regular members of a tarball into memory, skipping anything that could escape a folder."""
     try:
+        limit = archive_limit(path.stat().st_size)
         with tarfile.open(path, "r:*") as tar:
-            tree, skipped = _tar_members(tar)
+            tree, skipped = _tar_members(tar, path, limit)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path}: not a folder, a readable tarball, or a complete one ({e})",
@@ -289,7 +363,12 @@ def tar_tree(path: Path) -> Tree:
     return tree
 
 
-def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
+def archive_limit(archive_bytes: int) -> int:
+    """The most bytes clt decompresses from one archive of this size (see MAX_ARCHIVE_RATIO)."""
+    return min(MAX_ARCHIVE_BYTES, max(MAX_FILE_BYTES, MAX_ARCHIVE_RATIO * archive_bytes))
+
+
+def _tar_members(tar: tarfile.TarFile, path: Path, limit: int) -> tuple[Tree, list[str]]:
     tree: Tree = {}
     skipped = []
     total = 0
@@ -298,23 +377,32 @@ def _tar_members(tar: tarfile.TarFile) -> tuple[Tree, list[str]]:
     while (member := tar.next()) is not None:
         tar.members.clear()
         parts = [p for p in PurePosixPath(member.name).parts if p != "."]
+        # Links, devices, absolute names and .. could point outside the dataset: never follow them.
+        safe = member.isfile() and not member.name.startswith(("/", "\\")) and ".." not in parts
+        if safe and member.size > MAX_FILE_BYTES:
+            raise DataError(f"{path}: tar member {member.name}: {member.size:,} bytes is over clt's limit of "
+                            f"{MAX_FILE_BYTES:,} bytes for one file", "remove it from the archive")
+        # every member is decompressed, whether read or skipped, and so is its header (a million
+        # empty members cost as much as their bytes would)
+        total += member.size + tarfile.BLOCKSIZE
+        if total > limit:
+            raise _archive_too_big(path, limit)
         if member.isdir():
             continue
-        # Links, devices, absolute names and .. could point outside the dataset: never follow them.
-        if not member.isfile() or member.name.startswith(("/", "\\")) or ".." in parts:
+        if not safe:
             skipped.append(member.name)
-        elif member.size > MAX_FILE_BYTES:
-            raise DataError(f"tar member {member.name}: {member.size:,} bytes is over clt's limit of "
-                            f"{MAX_FILE_BYTES:,} bytes for one file", "remove it from the archive")
         elif not any(p.startswith(".") for p in parts):  # hidden files are debris (._AppleDouble)
-            total += member.size
-            if total > MAX_ARCHIVE_BYTES:
-                raise DataError(f"the archive's members add up to more than clt's limit of {MAX_ARCHIVE_BYTES:,} "
-                                "bytes", "split the archive, or import an extracted folder")
             fileobj = tar.extractfile(member)
             if fileobj is not None:
                 tree["/".join(parts)] = fileobj.read()
     return tree, skipped
+
+
+def _archive_too_big(path: Path, limit: int) -> DataError:
+    return DataError(f"{path}: decompresses to more than clt's limit of {limit:,} bytes for this archive (the "
+                     f"larger of {MAX_FILE_BYTES:,} bytes and {MAX_ARCHIVE_RATIO} times its size, at most "
+                     f"{MAX_ARCHIVE_BYTES:,})",
+                     "extract it yourself and pass the folder (clt reads folders file by file), or split it")
 
 
 def _strip_single_top(tree: Tree) -> Tree:
@@ -506,7 +594,7 @@ GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def _import_images(
-    name: str, tree: Tree, where: Path, size: tuple[int, int] | None, progress: Progress
+    name: str, tree: Tree, where: Path, size: tuple[int, int] | None, progress: Progress, prefix: str = ""
 ) -> DatasetArrays:
     splits, labeled, stray = _layout(tree)
     if stray:
@@ -524,25 +612,29 @@ def _import_images(
     classes = [names[f] for f in folders]
     class_id = {c: i for i, c in enumerate(folders)}
 
-    def arrays(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(items: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         kept = [(cls, k) for cls, k in items if k in index]
         idx = np.array([index[k] for _, k in kept], dtype=np.int64)
         labels = np.array([class_id[c] if labeled else -1 for c, _ in kept], dtype=np.int64)
+        paths = [prefix + k for _, k in kept]
         if len(idx) and (idx == np.arange(idx[0], idx[0] + len(idx))).all():
-            return images[idx[0]:idx[0] + len(idx)], labels  # a split decoded in order: a view, no copy
-        return images[idx], labels
+            return images[idx[0]:idx[0] + len(idx)], labels, paths  # a split decoded in order: a view, no copy
+        return images[idx], labels, paths
 
     if "all" in splits:
-        all_images, all_labels = arrays(splits["all"])
+        all_images, all_labels, all_paths = arrays(splits["all"])
         test_mask = _holdout_mask(all_labels)
         train_images, train_labels = all_images[~test_mask], all_labels[~test_mask]
         test_images, test_labels = all_images[test_mask], all_labels[test_mask]
+        train_paths = [p for p, held in zip(all_paths, test_mask) if not held]
+        test_paths = [p for p, held in zip(all_paths, test_mask) if held]
     else:
-        train_images, train_labels = arrays(splits.get("train", []))
-        test_images, test_labels = arrays(splits.get("test", []))
+        train_images, train_labels, train_paths = arrays(splits.get("train", []))
+        test_images, test_labels, test_paths = arrays(splits.get("test", []))
     converted = ", ".join(f"{count} from {mode}" for mode, count in sorted(modes.items()))
     source = f"imported from {where}" + (f"; images converted: {converted}" if converted else "")
-    return DatasetArrays(name, train_images, train_labels, test_images, test_labels, classes, source)
+    return DatasetArrays(name, train_images, train_labels, test_images, test_labels, classes, source,
+                         train_paths, test_paths)
 
 
 def _printable_names(folders: list[str], where: Path) -> dict[str, str]:
@@ -670,9 +762,7 @@ def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(raw))
         with opened as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise DataError(f"{name}: {im.width}x{im.height} = {im.width * im.height:,} pixels is over clt's "
-                                f"limit of {MAX_PIXELS:,} pixels per image", "downscale or remove it")
+            _check_budget(im.width, im.height, name)
             if modes is not None and im.mode not in ("L", "RGB"):
                 modes[im.mode] = modes.get(im.mode, 0) + 1
             return image_array(im, channels, size, name)
@@ -681,6 +771,23 @@ def decode_image(raw: bytes, channels: int | None = None, size: tuple[int, int] 
                         "image)", "downscale or remove it") from None
     except (OSError, SyntaxError, ValueError):
         return None
+
+
+def _check_budget(width: int, height: int, name: str) -> None:
+    """Refuse, before decoding, an image over MAX_PIXELS, counting what its rows and columns cost
+    beyond those of a square image (see ROW_COST)."""
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise DataError(f"{name}: {width}x{height} = {pixels:,} pixels is over clt's limit of {MAX_PIXELS:,} "
+                        "pixels per image", "downscale or remove it")
+    # only what the shape costs beyond a square image of as many pixels: squares count as before
+    side = math.isqrt(pixels)
+    counted = pixels + max(0, ROW_COST * (height - side) + COLUMN_COST * (width - side))
+    if counted > MAX_PIXELS:
+        raise DataError(f"{name}: {width}x{height} is {pixels:,} pixels, but an image this thin costs as much "
+                        f"to decode and resize as {counted:,} (each row and column costs {ROW_COST} and "
+                        f"{COLUMN_COST} pixels' worth), over clt's limit of {MAX_PIXELS:,}",
+                        "crop it, or split it into pieces closer to square")
 
 
 def image_array(im, channels: int | None = None, size: tuple[int, int] | None = None,

@@ -11,8 +11,10 @@ from clt.registry import ENCODERS
 from clt.typed import from_dict
 
 
-def mlp(in_dim: int, widths: list[int], batch_norm: bool = False) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between (none after the last)."""
+def mlp(in_dim: int, widths: list[int], batch_norm: bool = False, output_norm: bool = False) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between (none after the last); `batch_norm` puts
+    BatchNorm before each ReLU, `output_norm` a BatchNorm without learned scale and shift after the
+    last layer (SimSiam's projector: it keeps every output dimension at unit variance)."""
     layers: list[nn.Module] = []
     dim = in_dim
     for i, width in enumerate(widths):
@@ -21,6 +23,8 @@ def mlp(in_dim: int, widths: list[int], batch_norm: bool = False) -> nn.Sequenti
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
             layers.append(nn.ReLU(inplace=True))
+        elif output_norm:
+            layers.append(nn.BatchNorm1d(width, affine=False))
         dim = width
     head = nn.Sequential(*layers)
     head.out_dim = dim

@@ -12,7 +12,9 @@ COMPARED = ("accuracy", "knn_accuracy", "pair_accuracy")
 
 
 def summarize(store: Store, refs: list[str]) -> list[dict[str, Any]]:
-    """Rows of a comparison table: evaluations grouped by everything but the seed, mean ± std.
+    """Rows of a comparison table, mean ± std over the evaluations whose whole lineage (evaluation,
+    probe, encoder, recipe, dataset) differs in nothing but the seed; `differs` names the settings
+    that tell apart rows that would otherwise read alike.
 
     Example: summarize(store, [eval_seed0, eval_seed1])[0]["accuracy"] == {"mean": ..., "std": ..., "values": [...]}
     """
@@ -29,9 +31,11 @@ def summarize(store: Store, refs: list[str]) -> list[dict[str, Any]]:
         group["seconds"].append(_wall_time(store, art))
         group["seeds"].append((store.get(art.inputs["target"]).manifest.get("spec") or {}).get("seed"))
         group["ids"].append(art.short)
+    differs = _differences(list(groups.values()))
     rows = []
-    for group in groups.values():
+    for key, group in groups.items():
         row = {k: group[k] for k in ("name", "objective", "protocol", "labels", "seeds", "ids")}
+        row["differs"] = differs.get(key, "")
         row["n"] = len(group["ids"])
         for metric in COMPARED:
             if group[metric]:
@@ -48,13 +52,76 @@ def _group_of(store: Store, art: Artifact) -> tuple[str, dict[str, Any]]:
     encoder = encoder_of(store, target)
     recipe = encoder.recipe or target.recipe or {}
     protocol = dict(art.manifest.get("protocol", {}))
-    key = canonical_json({"name": target.name, "protocol": protocol.get("protocol"),
-                          "augment": protocol.get("augment"), "labels": protocol.get("labels_used"),
-                          "knn": protocol.get("knn")})
+    lineage = _lineage(store, art.id)
     objective = (recipe.get("objective") or {}).get("name", "-") if encoder.kind == "encoder" else "-"
-    return key, {"name": target.name, "objective": objective, "protocol": _protocol_text(protocol),
-                 "labels": protocol.get("labels_used", "all"), "seconds": [], "seeds": [], "ids": [],
-                 **{metric: [] for metric in COMPARED}}
+    return canonical_json(lineage), {
+        "key": canonical_json(lineage), "settings": _settings(lineage), "name": target.name,
+        "objective": objective, "protocol": _protocol_text(protocol), "labels": protocol.get("labels_used", "all"),
+        "seconds": [], "seeds": [], "ids": [], **{metric: [] for metric in COMPARED}}
+
+
+def _lineage(store: Store, artifact_id: str) -> Any:
+    """An artifact's spec with every seed taken out and each input replaced by its own lineage: two
+    evaluations share it exactly when nothing but seeds differs anywhere behind them (a 3-epoch and a
+    10-epoch encoder of one recipe do not)."""
+    if not store.exists(artifact_id):
+        return artifact_id  # deleted: only the same id is known to be the same run
+    spec = store.get(artifact_id).manifest.get("spec")
+    if not isinstance(spec, dict):
+        return artifact_id  # from before specs were kept: grouped with nothing else
+    lineage = _without_seeds(spec)
+    inputs = spec.get("inputs")
+    if isinstance(inputs, dict):
+        lineage["inputs"] = {role: _lineage(store, value) if isinstance(value, str) else value
+                             for role, value in inputs.items()}
+    return lineage
+
+
+def _without_seeds(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_seeds(v) for k, v in value.items() if k != "seed"}
+    if isinstance(value, list):
+        return [_without_seeds(v) for v in value]
+    return value
+
+
+def _settings(lineage: Any, prefix: str = "") -> dict[str, str]:
+    """A lineage as dotted settings (pretrain.epochs, probe.lr, ...): an input's settings under their
+    own names, the nearest stage's value first (the probe's probe.epochs, not its recipe's)."""
+    flat: dict[str, str] = {}
+    if not isinstance(lineage, dict):
+        return {prefix or "id": str(lineage)}
+    nested = []
+    for key, value in lineage.items():
+        if key == "inputs" and isinstance(value, dict):
+            nested.extend(value.values())
+        elif key == "recipe" and isinstance(value, dict):
+            nested.append(value)
+        elif isinstance(value, dict):
+            flat.update(_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, str) else canonical_json(value)
+    for inner in nested:
+        for name, value in _settings(inner, prefix).items():
+            flat.setdefault(name, value)
+    return flat
+
+
+def _differences(groups: list[dict[str, Any]], most: int = 4) -> dict[str, str]:
+    """For groups whose table cells would read alike, the settings (up to `most`) that tell them apart."""
+    alike: dict[tuple, list[dict[str, Any]]] = {}
+    for group in groups:
+        alike.setdefault((group["name"], group["objective"], group["protocol"], str(group["labels"])), []).append(group)
+    found = {}
+    for members in alike.values():
+        if len(members) < 2:
+            continue
+        names = sorted({name for g in members for name in g["settings"]})
+        differing = [n for n in names if len({g["settings"].get(n) for g in members}) > 1]
+        for group in members:
+            shown = [f"{n}={group['settings'].get(n, '-')}" for n in differing[:most]]
+            found[group["key"]] = ", ".join(shown) + (", ..." if len(differing) > most else "")
+    return found
 
 
 def _protocol_text(protocol: dict[str, Any]) -> str:
@@ -96,4 +163,4 @@ def iter_rows(store: Store) -> Iterator[dict[str, Any]]:
                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(artifact.manifest.get("created", 0))),
                "files": ", ".join(f for f in sorted(artifact.manifest.get("files", {}))
                                   if f.endswith((".png", ".npy", ".tsv"))),
-               "metrics": shown}
+               "metrics": shown, "stale": store.is_stale(artifact)}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clt.errors import DataError, did_you_mean
+from clt.rows import NAMES_FILE, names_text, read_names
 from clt.stages.context import Context, Outcome
 from clt.store import Artifact, Store
 
@@ -43,7 +44,29 @@ def _content_digest(arrays) -> str:
     for array in (arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels):
         digest.update(str(array.shape).encode())
         digest.update(memoryview(array.tobytes()))
+    # names are content too (two imports differing only in names are two datasets); a dataset without
+    # names digests as before, so the built-in datasets keep their ids
+    for split in ("train", "test"):
+        names = getattr(arrays, f"{split}_paths", None)
+        if names is not None:
+            digest.update(f"{split} names\n".encode())
+            digest.update(names_text(names).encode("ascii"))
     return digest.hexdigest()
+
+
+def names_file(split: str) -> str:
+    """The dataset artifact's file of a split's row names: train.paths.jsonl, test.paths.jsonl."""
+    return f"{split}.{NAMES_FILE}"
+
+
+def split_names(artifact: Artifact, split: str) -> list[str] | None:
+    """Each row's source path (relative to the imported folder or archive) of a dataset split, checked
+    to be one per row; None for a dataset without file names (digits, mnist, cifar10 ...), whose
+    rows are named by their row number."""
+    name = names_file(split)
+    if name not in artifact.manifest.get("files", {}):
+        return None
+    return read_names(artifact.file(name), int(artifact.manifest["dataset"][split]))
 
 
 def _write_dataset(tmp: Path, name: str, arrays) -> dict[str, Any]:
@@ -53,6 +76,10 @@ def _write_dataset(tmp: Path, name: str, arrays) -> dict[str, Any]:
     save_arrays(tmp / "data.safetensors", {
         "train_images": arrays.train_images, "train_labels": arrays.train_labels,
         "test_images": arrays.test_images, "test_labels": arrays.test_labels})
+    for split in ("train", "test"):
+        names = getattr(arrays, f"{split}_paths", None)
+        if names is not None:
+            (tmp / names_file(split)).write_text(names_text(names), encoding="ascii")
     info = {"name": name, "classes": arrays.classes, "shape": list(arrays.train_images.shape[1:]),
             "train": int(len(arrays.train_images)), "test": int(len(arrays.test_images)),
             "mean": mean, "std": std, "source": arrays.source}

@@ -51,8 +51,7 @@ def _copy_out(artifact: Artifact, fmt: str, out: Path) -> None:
 
     if out.suffix.lower() == ".json":
         raise CltError(f"--out {out} is the sidecar's name", f"name the model file, e.g. encoder{SUFFIX[fmt]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     for source, target in ((artifact.file(f"encoder{SUFFIX[fmt]}"), out),
                            (artifact.file("encoder.json"), sidecar_path(out))):
-        with written_aside(target) as partial:
+        with written_aside(target, "--out") as partial:
             shutil.copyfile(source, partial)

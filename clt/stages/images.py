@@ -8,6 +8,7 @@ from typing import Any
 
 from clt.atomic import written_aside
 from clt.errors import CltError, DataError
+from clt.rows import NAMES_FILE, names_text
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.inference import Encoder, encoder_for
 from clt.store import Artifact
@@ -49,10 +50,10 @@ def _content(names: list[str], tree) -> str:
 
 def embed_images(ctx: Context, encoder_art: Artifact, items: list[str], out: str | None = None,
                  batch_size: int = 256) -> Outcome | Path:
-    """Embed new images: an embeddings artifact (embeddings.npy, paths.txt in row order), or with
-    `out` a plain .npy (plus OUT.paths.txt) or .csv (path, then the vector) file.
+    """Embed new images: an embeddings artifact (embeddings.npy, paths.jsonl: one JSON string per row),
+    or with `out` a plain .npy (plus OUT.paths.jsonl) or .csv (path, then the vector) file.
 
-    Example: embed_images(ctx, store.get(encoder_id), ["photos/"]).artifact.file("paths.txt")
+    Example: clt.rows.read_names(embed_images(ctx, store.get(encoder_id), ["photos/"]).artifact.file("paths.jsonl"))
     """
     from clt.devices import pick_device
 
@@ -65,7 +66,9 @@ def embed_images(ctx: Context, encoder_art: Artifact, items: list[str], out: str
         vectors = _embed_batches(encoder, images, batch_size, task)
     if out is not None:
         return write_plain(Path(out), vectors, names)
-    spec = {"stage": "embed-images", "inputs": {"encoder": encoder_art.id}, "content": _content(names, tree)}
+    # "names" in the address: an artifact from before names were JSON lines is never served from the cache
+    spec = {"stage": "embed-images", "inputs": {"encoder": encoder_art.id}, "content": _content(names, tree),
+            "names": NAMES_FILE}
     return produce(ctx, spec, "embeddings", lambda tmp, _id: _write_artifact(tmp, vectors, names, encoder),
                    name=encoder_art.name)
 
@@ -85,26 +88,27 @@ def _write_artifact(tmp: Path, vectors, names: list[str], encoder: Encoder) -> d
 
     np.save(tmp / "embeddings.npy", vectors)
     np.save(tmp / "labels.npy", np.full(len(vectors), -1, dtype=np.int64))  # new images have no labels
-    (tmp / "paths.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8", errors="surrogateescape")
+    (tmp / NAMES_FILE).write_text(names_text(names), encoding="ascii")
     return {"classes": [], "split": "images", "source": "images", "encoder": {"in_shape": list(encoder.in_shape)},
             "metrics": {"count": int(len(vectors)), "dim": int(vectors.shape[1])}}
 
 
 def write_plain(path: Path, vectors, names: list[str]) -> Path:
     """Vectors as a plain file, written aside then renamed (a killed run leaves no half file): .npy
-    with its row names in FILE.paths.txt, or .csv with the name first on each row."""
+    with its row names in FILE.paths.jsonl (one JSON string per row), or .csv with the name first
+    on each row (quoted where it holds a comma, a quote or a line break)."""
     import csv
 
     import numpy as np
 
-    rows = "".join(f"{n}\n" for n in names)
     if path.suffix.lower() == ".npy":
-        with written_aside(path.with_suffix(".paths.txt")) as names_file, written_aside(path) as partial:
-            names_file.write_text(rows, encoding="utf-8", errors="surrogateescape")
+        with written_aside(path.with_suffix("." + NAMES_FILE), "--out") as names_file, \
+                written_aside(path, "--out") as partial:
+            names_file.write_text(names_text(names), encoding="ascii")
             np.save(partial, vectors)
         return path
-    with written_aside(path) as partial, open(partial, "w", newline="", encoding="utf-8",
-                                              errors="surrogateescape") as fh:
+    with written_aside(path, "--out") as partial, open(partial, "w", newline="", encoding="utf-8",
+                                                       errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", *[f"e{i}" for i in range(vectors.shape[1])]])
         writer.writerows([name, *(f"{v:.7g}" for v in row)] for name, row in zip(names, vectors))

@@ -146,7 +146,9 @@ def _model(recipe, in_shape, group):
     if not recipe.model.projection:
         return encoder, encoder
     try:
-        return encoder, torch.nn.Sequential(encoder, mlp(encoder.out_dim, recipe.model.projection))
+        norm = recipe.model.projection_norm
+        head = mlp(encoder.out_dim, recipe.model.projection, batch_norm=norm != "none", output_norm=norm == "all")
+        return encoder, torch.nn.Sequential(encoder, head)
     except (RuntimeError, MemoryError) as err:
         raise CltError(f"model.projection {recipe.model.projection} cannot be built: {err}",
                        "use smaller projection widths, e.g. [128, 64]") from None
@@ -160,7 +162,9 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
     run = _setup(ctx, recipe, data_art, group)
     main = group is None or group.is_main
     work = ctx.store.work_dir(artifact_id)
-    checkpointer = FileCheckpointer(work, {"id": artifact_id}, writable=main)
+    # signed with the store's key: an edited checkpoint is discarded, never resumed into a signed encoder
+    checkpointer = FileCheckpointer(work, {"id": artifact_id}, writable=main, sign=ctx.store.sign,
+                                    warn=ctx.report.warn)
     if not resume and main:
         checkpointer.clear()
     if group:
@@ -209,8 +213,8 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
     scored = ""
     if run.monitor is not None and run.monitor.due(record["epoch"]):
         # kept in the epoch's record, so the checkpoint (and a resumed run's history) holds the curve
-        record["knn_accuracy"], record["monitor_seconds"] = run.monitor.score(encoder)
-        scored = f", {run.monitor.cfg.knn}-NN {record['knn_accuracy']:.2%} ({record['monitor_seconds']:.1f} s)"
+        record[run.monitor.key], record["monitor_seconds"] = run.monitor.score(encoder)
+        scored = f", {run.monitor.label} {record[run.monitor.key]:.2%} ({record['monitor_seconds']:.1f} s)"
     ctx.report.info(f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
                     f"embedding spread {record['embedding_spread']:.3f}, "
                     f"rank {record['embedding_rank']:.1f} of {record['embedding_dim']}{scored}")
@@ -222,8 +226,9 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
         from clt.train import collapse_advice
 
         ctx.report.warn(f"epoch {record['epoch']}: the embeddings are collapsing (spread "
-                        f"{record['embedding_spread']:.3f}, ~1 is healthy): "
-                        f"{collapse_advice(run.params, recipe.pretrain.lr)}")
+                        f"{record['embedding_spread']:.3f}, ~1 is healthy; rank {record['embedding_rank']:.1f} "
+                        f"of {record['embedding_dim']}, under 2 is one direction): "
+                        + collapse_advice(run.params, recipe.pretrain.lr, run.objective, recipe.model.projection_norm))
 
 
 def _write_encoder(tmp: Path, recipe, encoder, history: list[dict[str, Any]], snapshot_dir: Path | None) -> None:
@@ -252,7 +257,8 @@ def _manifest(recipe, run: _Setup, result, device: str) -> dict[str, Any]:
                     "embedding_rank": last.get("embedding_rank"),
                     "train_seconds": round(result.seconds, 2), "train_images": len(run.data.train),
                     "images_per_second": round(result.images_seen / max(result.seconds, 1e-9), 1),
-                    **({"monitor_knn_accuracy": last["knn_accuracy"]} if "knn_accuracy" in last else {})},
+                    **({f"monitor_{run.monitor.key}": last[run.monitor.key]}
+                       if run.monitor and run.monitor.key in last else {})},
         "objective": recipe.objective.name,
         **({"monitor": run.monitor.summary(result.history, result.seconds)} if run.monitor else {}),
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 from clt.atomic import written_aside
 from clt.errors import CltError, StoreError
+from clt.rows import NAMES_FILE, OLD_NAMES_FILE, read_names, tsv_field
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.embed import embed
 from clt.store import Artifact
@@ -58,7 +59,7 @@ def _build(ctx: Context, source: Artifact, kind: str, metric: str, params: dict,
             np.save(tmp / "vectors.npy", vectors)
         else:
             _faiss_build(vectors, kind, metric, params, tmp / "index.faiss")
-    for name in ("labels.npy", "paths.txt"):
+    for name in ("labels.npy", NAMES_FILE, OLD_NAMES_FILE):  # paths.txt: embeddings of an older clt
         if name in source.manifest.get("files", {}):
             shutil.copyfile(source.file(name), tmp / name)
     info = {"kind": kind, "metric": metric, "params": params, "dim": int(vectors.shape[1]), "count": len(vectors),
@@ -102,8 +103,7 @@ class SearchIndex:
         self.artifact, self.info = artifact, artifact.manifest["index"]
         self.encoder_id = self.info["encoder"]
         self.labels = np.load(artifact.file("labels.npy")) if "labels.npy" in artifact.manifest["files"] else None
-        self.paths = artifact.file("paths.txt").read_text(encoding="utf-8", errors="surrogateescape").splitlines() \
-            if "paths.txt" in artifact.manifest["files"] else None
+        self.paths = _row_names(artifact)
         self.vectors, self.faiss_index = None, None
         if self.info["kind"] == "exact":
             self.vectors = np.load(artifact.file("vectors.npy"), allow_pickle=False)
@@ -156,6 +156,13 @@ class SearchIndex:
         return distance, rows
 
 
+def _row_names(artifact: Artifact) -> list[str] | None:
+    """The index's row names (None for a dataset split's rows), one per row or refused."""
+    files = artifact.manifest["files"]
+    stored = next((name for name in (NAMES_FILE, OLD_NAMES_FILE) if name in files), None)
+    return read_names(artifact.file(stored), artifact.manifest["index"]["count"]) if stored else None
+
+
 def _faiss_read(artifact: Artifact):
     faiss = faiss_module()
     try:
@@ -167,8 +174,13 @@ def _faiss_read(artifact: Artifact):
 
 def search(ctx: Context, index_ref: str | None, items: list[str], k: int = 10, grid: str | None = None
            ) -> list[dict[str, Any]]:
-    """Each query image's k nearest stored images: rank, row, label, class, path (if any), distance;
-    with `grid` a PNG of every query beside its neighbours.
+    """Each query image's k nearest stored images: rank, row, label, class, path, distance; with `grid`
+    a PNG of every query beside its neighbours, each captioned with its name (see `shown_name`).
+
+    `path` is the stored image's file name: its path in the imported folder or archive (or as given
+    to `embed --images`); None for the rows of a built-in dataset (digits, mnist, fashion-mnist,
+    cifar10), which have no file names and are named by their row number. `label` and `class` are
+    None where the stored image has no class (an unlabeled dataset, or new images).
 
     Example: search(ctx, index_id, ["cat.jpg"], k=5)[0]["neighbours"][0]["class"]
     """
@@ -199,12 +211,31 @@ def search(ctx: Context, index_ref: str | None, items: list[str], k: int = 10, g
 
 def _neighbour(index: SearchIndex, classes: list[str], rank: int, row: int, distance: float) -> dict[str, Any]:
     label = int(index.labels[row]) if index.labels is not None else -1
-    return {"rank": rank + 1, "row": row, "label": label, "class": classes[label] if 0 <= label < len(classes) else "",
+    known = 0 <= label < len(classes)  # -1 (unlabeled) is no class: null in JSON, never a number to print
+    return {"rank": rank + 1, "row": row, "label": label if known else None, "class": classes[label] if known else None,
             "path": index.paths[row] if index.paths else None, "distance": distance}
 
 
+def shown_name(neighbour: dict[str, Any]) -> str:
+    """How a neighbour is named in the TSV and in grid captions: its file name, or for a built-in
+    dataset's row (no file name) its row number in the indexed split.
+
+    Example: shown_name({"row": 7, "path": None}) == "7"; shown_name({"row": 7, "path": "a/b.png"}) == "a/b.png"
+    """
+    return neighbour["path"] if neighbour["path"] is not None else str(neighbour["row"])
+
+
+def caption(neighbour: dict[str, Any], width: int = 18) -> str:
+    """A grid cell's caption: the end of its name (escaped: matplotlib draws no line break), then its
+    class where it has one and its distance."""
+    name = tsv_field(shown_name(neighbour))
+    name = name if len(name) <= width else "…" + name[-(width - 1):]
+    kind = f"{tsv_field(neighbour['class'])} " if neighbour["class"] is not None else ""
+    return f"{name}\n{kind}{neighbour['distance']:.2g}"
+
+
 def _draw_grid(ctx: Context, index: SearchIndex, queries, found: list[dict[str, Any]], path: Path) -> None:
-    """Each query (first column) beside its neighbours' images, captioned with class and distance."""
+    """Each query (first column) beside its neighbours' images, captioned with name, class and distance."""
     import numpy as np
 
     from clt import plots
@@ -214,23 +245,24 @@ def _draw_grid(ctx: Context, index: SearchIndex, queries, found: list[dict[str, 
     for query, result in zip(queries.numpy(), found):
         count = len(result["neighbours"])
         rows.append(np.concatenate([query[None], pictures[at:at + count]]).astype(np.float32) / 255)
-        captions.append(["query"] + [f"{n['class'] or n['row']} {n['distance']:.2g}" for n in result["neighbours"]])
+        captions.append(["query"] + [caption(n) for n in result["neighbours"]])
         at += count
-    with written_aside(path if path.suffix else path.with_suffix(".png")) as partial:
-        plots.image_grid(rows, partial, [f["query"][-40:] for f in found], f"nearest of {len(found)} queries",
-                         cell_titles=captions)
+    # names escaped as the TSV output escapes them: matplotlib draws no line break, tab or non-UTF-8 byte
+    titles = [tsv_field(f["query"])[-40:] for f in found]
+    with written_aside(path if path.suffix else path.with_suffix(".png"), "--grid") as partial:
+        plots.image_grid(rows, partial, titles, f"nearest of {len(found)} queries", cell_titles=captions)
     ctx.report.info(f"picture: {path}")
 
 
 def _neighbour_pictures(ctx: Context, index: SearchIndex, rows: list[int], shape):
-    """uint8 images of index rows: from the dataset split the index was built on, or decoded from
-    the recorded paths (blank where a file is gone)."""
+    """uint8 images of index rows: from the dataset split the index was built on (whose names are
+    paths inside the imported folder, not files to open), or decoded from the recorded paths of
+    `embed --images` (blank where a file is gone)."""
     import numpy as np
 
     from clt.stages.dataset import dataset_of, load_dataset
 
-    source = ctx.store.get(index.info["embeddings"]) if ctx.store.exists(index.info["embeddings"]) else None
-    if index.paths is None and source is not None and index.info.get("split") in ("train", "test"):
+    if index.info.get("split") in ("train", "test"):
         encoder = ctx.store.get(index.encoder_id)
         data = load_dataset(dataset_of(ctx.store, encoder))
         return data.split(index.info["split"]).images[rows].numpy()
