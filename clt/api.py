@@ -98,14 +98,20 @@ def download(name: str, source: str | Path | None = None, *, size: tuple[int, in
 
 
 def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | None = None, resume: bool = True,
-             device: str = "auto", precision: str | None = None, store: StoreLike = None,
-             progress: ProgressCallback | None = None) -> Result | None:
+             device: str = "auto", precision: str | None = None, minutes: float | None = None,
+             store: StoreLike = None, progress: ProgressCallback | None = None) -> Result | None:
     """Train an encoder with a recipe's objective (None on ranks other than 0 of a distributed run).
     Raises clt.DivergenceError when the loss turns NaN or infinite (the last good checkpoint is kept).
 
+    `minutes` (the recipe's pretrain.minutes): a budget of training time. The whole epochs that fit
+    are planned from a short timed trial and trained, so the schedule ends on time; the encoder's
+    recipe holds the epochs planned and the minutes, so one budget can give other epochs (another
+    encoder) on another machine. Refused with progressive resizing and below one epoch.
+
     Example: clt.pretrain("recipes/digits_pair.yaml", overrides=["pretrain.epochs=1"]).kind == "encoder"
     """
-    overrides = list(overrides) + ([f"pretrain.precision={precision}"] if precision else [])
+    overrides = list(overrides) + ([f"pretrain.precision={precision}"] if precision else []) \
+        + ([f"pretrain.minutes={minutes!r}"] if minutes is not None else [])
     outcome = stages.pretrain(_context(store, device, progress=progress), str(recipe), overrides, seed, resume)
     return _result(outcome) if outcome is not None else None
 

@@ -98,6 +98,10 @@ class PretrainConfig:
     progressive_resize: list[tuple[int, int]] = field(default_factory=list, metadata=OMIT_IF_DEFAULT)
     # online kNN monitor (no projection head, no gradient, no augmentation); absent while unset
     monitor: MonitorConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # a time budget in minutes of training (0 = off): `epochs` is then planned from a short timed
+    # trial, as the whole epochs that fit, and the stored recipe holds the epochs planned beside
+    # the minutes asked for, so one budget may give other epochs (other encoders) on other machines
+    minutes: float = field(default=0.0, metadata=OMIT_IF_DEFAULT)
 
 
 @dataclass
@@ -144,6 +148,7 @@ _NAMED_SECTIONS = {"model": "encoder", "objective": "name"}
 # Range checks: (section, key) -> (predicate, what it must be).
 _RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
     ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
+    ("pretrain", "minutes"): (lambda v: 0 <= v <= 525_600, "in [0, 525600] (0 = no budget; at most a year)"),
     ("pretrain", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("pretrain", "lars_eta"): (lambda v: v > 0, "> 0"),
     ("pretrain", "monitor"): (lambda v: v is None or (v.knn >= 1 and v.every >= 1 and v.train >= 1 and v.test >= 1),
@@ -532,6 +537,11 @@ def _check_progressive_resize(cfg: PretrainConfig, where: str) -> None:
         if i and side <= stages[i - 1][0]:
             raise RecipeError(f"{where}: {key}[{i}] side {side} is not larger than the stage before "
                               f"({stages[i - 1][0]})", fix)
+    if stages and cfg.minutes:
+        raise RecipeError(f"{where}: pretrain.minutes cannot plan a recipe with {key}: its low-resolution stages "
+                          "are counted in epochs, and their steps take other times than the full-size trial "
+                          "measures", f"drop one: --set {key}=[] to plan by minutes, or set pretrain.epochs and "
+                          "leave pretrain.minutes at 0")
     low = sum(epochs for _, epochs in stages)
     if stages and low >= cfg.epochs:
         raise RecipeError(f"{where}: {key} covers {low} epochs but pretrain.epochs is {cfg.epochs}: the "

@@ -89,8 +89,8 @@ class ObjectiveEntry:
     # shared offset is no collapse, while a constant output still is
     offset_invariant: bool = False
     # batch norm in the projection head as the method's reference head has it ("hidden" or "all", as
-    # model.projection_norm): without it BYOL, SimSiam, NNCLR, Barlow Twins and VICReg collapsed on
-    # CIFAR-10 (bench/results/diagnose/), so the collapse advice names it first
+    # model.projection_norm): without it BYOL collapsed on CIFAR-10 at once (rank 1.3 of 64,
+    # bench/results/diagnose/projection_norm.md), so the collapse advice names it first
     head_norm: str | None = None
     # a shipped recipe measured to learn with this objective, named by the collapse and divergence advice
     known_recipe: str = ""

@@ -59,9 +59,10 @@ def canonical_json(obj: Any) -> str:
 def address(spec: dict[str, Any]) -> str:
     """The id of the artifact that `spec` (stage, recipe, inputs, seed) determines, with the
     fingerprint of the code that computes it: changed code never answers from an old result."""
+    text = canonical_json({**spec, "clt_version": __version__})
     code = code_of(spec)
-    return hashlib.sha256(canonical_json({**spec, "clt_version": __version__,
-                                          **({"code": code} if code else {})}).encode()).hexdigest()
+    # after a NUL, which canonical JSON never holds raw, so no spec of its own can spell the same text
+    return hashlib.sha256((text + (f"\0{code}" if code else "")).encode()).hexdigest()
 
 
 def code_of(spec: dict[str, Any]) -> str | None:

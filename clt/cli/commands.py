@@ -248,12 +248,17 @@ def pretrain(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run (default)."),
     nproc: int = typer.Option(1, "--nproc", help="Train in N processes (GPUs) with torch.distributed; same as "
                               "torchrun --nproc_per_node N -m clt pretrain ..."),
+    minutes: Optional[float] = typer.Option(
+        None, "--minutes", help="Train for about N minutes: the whole epochs that fit are planned from a short "
+        "timed trial (sets pretrain.epochs; the encoder's recipe holds both, so the same --minutes can give other "
+        "epochs, and another encoder, on another machine). 0 = the recipe's epochs."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train an encoder with the recipe's contrastive objective; prints the encoder's id.
 
     Re-running an unchanged recipe returns the stored encoder at once; an interrupted run
-    continues from its last checkpoint.
+    continues from its last checkpoint. Every run says its planned duration: with --minutes
+    before the first step, otherwise from its own first steps.
 
     Example: clt pretrain recipes/digits_pair.yaml --set pretrain.epochs=2
     """
@@ -262,7 +267,7 @@ def pretrain(
         _run(lambda: _api().launch_distributed(nproc, argv))
         return
     _emit_many(_run(lambda: [_api().pretrain(recipe, overrides=list(set_), seed=one, resume=resume and not fresh,
-                                             precision=precision, **_opts(device))
+                                             precision=precision, minutes=minutes, **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 

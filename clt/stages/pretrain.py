@@ -44,6 +44,9 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     if group and not group.is_main:
         ctx.report = Reporter()  # only rank 0 logs and draws progress
     data_art = dataset_artifact(ctx, recipe.data.dataset)
+    plan = _plan(ctx, recipe, raw, data_art, resume, group) if recipe.pretrain.minutes else None
+    if plan:
+        recipe.pretrain.epochs = plan.epochs  # the epochs trained are what the stored recipe holds
     spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
             "seed": recipe.seed,
             # "lars" ran plain SGD before LARS was written: such encoders must not be reused as LARS ones
@@ -55,19 +58,90 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
         _train_beside_rank0(ctx, recipe, data_art, address(spec), resume, group)
         return None
     outcome = produce(ctx, spec, "encoder",
-                      lambda tmp, art_id: _build(ctx, recipe, data_art, tmp, art_id, resume, group), name=recipe.name)
+                      lambda tmp, art_id: {**_build(ctx, recipe, data_art, tmp, art_id, resume, group),
+                                           **({"budget": plan.manifest()} if plan else {})}, name=recipe.name)
     if group:
         group.barrier()
-    ctx.store.set_ref(f"memo/{_memo_key(raw, data_art.id)}", outcome.artifact.id)
+    key = _memo_key(raw, data_art.id, ctx.device)
+    ctx.store.set_ref(f"memo/{key}", outcome.artifact.id)
+    if plan:  # answered by the memo from now on
+        shutil.rmtree(_plan_file(ctx, key).parent, ignore_errors=True)
     return outcome
 
 
-def _memo_key(raw: dict[str, Any], dataset_id: str) -> str:
+def _memo_key(raw: dict[str, Any], dataset_id: str, device: str = "auto") -> str:
     section = raw.get("pretrain")
     lars = isinstance(section, dict) and section.get("optimizer") == "lars"
+    # A budgeted run's epochs were planned from a trial timed on one machine and device: its memo
+    # answers that machine only. Another plans afresh, and gets the stored encoder by its address
+    # when it plans the same epochs, or trains the epochs its own budget buys.
+    budget = isinstance(section, dict) and section.get("minutes") not in (None, 0)
+    from clt.stages.budget import machine
+
     # as in the spec: runs of "lars" from before LARS was written (plain SGD) must not answer for it
-    return address({"memo": "pretrain", "raw": raw, "dataset": dataset_id, **({"optimizer": "layer-wise LARS"}
-                                                                             if lars else {})})
+    return address({"memo": "pretrain", "raw": raw, "dataset": dataset_id,
+                    **({"optimizer": "layer-wise LARS"} if lars else {}),
+                    **({"machine": machine(), "device": device} if budget else {})})
+
+
+def _plan_file(ctx: Context, memo_key: str) -> Path:
+    # beside the checkpoints (tmp/<key>.work survives a crash and `clt gc` while unfinished)
+    return ctx.store.root / "tmp" / f"{memo_key}.work" / "plan.json"
+
+
+def _plan(ctx: Context, recipe, raw: dict[str, Any], data_art: Artifact, resume: bool, group):
+    """The epochs `pretrain.minutes` buys: the plan an interrupted run of this command saved, or one
+    made from a timed trial (and saved before the first step)."""
+    from clt.stages.budget import TRIAL_STEPS, plan_epochs, read_plan
+    from clt.store import write_atomic
+
+    if group:  # each process would time its own trial and could plan other epochs than the rest
+        raise RecipeError(f"pretrain.minutes = {recipe.pretrain.minutes:g} cannot plan a run of several processes",
+                          "time one process's run with --minutes, then pass its epochs with "
+                          "--set pretrain.epochs=N and --set pretrain.minutes=0")
+    saved = _plan_file(ctx, _memo_key(raw, data_art.id, ctx.device))
+    plan = read_plan(saved) if resume else None
+    if plan is None:
+        steps = _train_steps(recipe, data_art)
+        ctx.report.info(f"timing a {TRIAL_STEPS}-step trial to plan {recipe.pretrain.minutes:g} minutes")
+        plan = plan_epochs(recipe.pretrain.minutes, trial_step_seconds(ctx, recipe, data_art), steps)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(saved, json.dumps(plan.manifest()))
+    ctx.report.info(plan.line())
+    return plan
+
+
+def _train_steps(recipe, data_art: Artifact) -> int:
+    """Steps per epoch of the real run: its train images (after data.train_limit) // the batch."""
+    total = int(data_art.manifest["dataset"]["train"])
+    limit = recipe.data.train_limit
+    if limit and limit < total:
+        from clt.probing import few_label_subset
+
+        # the subset is class-balanced and can hold fewer than the limit: counted as _setup draws it
+        total = len(few_label_subset(load_dataset(data_art).train.labels, recipe.seed, total=limit))
+    return total // recipe.pretrain.batch_size
+
+
+def trial_step_seconds(ctx: Context, recipe, data_art: Artifact) -> float:
+    """Seconds per step of `recipe` here, from the second of two short epochs on a subset of the
+    train images (the first warms up: allocation, autotuning, compilation), as bench/published.py
+    times its trials. Nothing is stored; the real run seeds itself afresh after it."""
+    import copy
+
+    from clt.stages.budget import TRIAL_STEPS
+    from clt.train import pretrain as run_pretrain
+
+    trial = copy.deepcopy(recipe)
+    limit = TRIAL_STEPS * recipe.pretrain.batch_size
+    trial.data.train_limit = min(recipe.data.train_limit or limit, limit)
+    trial.pretrain.epochs, trial.pretrain.monitor, trial.pretrain.progressive_resize = 2, None, []
+    run = _setup(ctx, trial, data_art, None)
+    result = run_pretrain(_forward_model(trial, run), run.objective, run.params, run.data, trial.pretrain,
+                          device=run.device, precision=run.precision, seed=trial.seed,
+                          augment=augmenter(trial, run.data, run.objective.views))
+    first, second = result.history[0]["seconds"], result.history[1]["seconds"]
+    return (second - first) / (len(run.data.train) // trial.pretrain.batch_size)
 
 
 def _memo_hit(ctx: Context, raw: dict[str, Any]) -> Outcome | None:
@@ -79,7 +153,7 @@ def _memo_hit(ctx: Context, raw: dict[str, Any]) -> Outcome | None:
     # every rank of a multi-process run must join the process group, so no early answers there
     if not found or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
-    hit = ctx.store.read_ref(f"memo/{_memo_key(raw, found)}")
+    hit = ctx.store.read_ref(f"memo/{_memo_key(raw, found, ctx.device)}")
     if not (hit and ctx.store.exists(hit)):
         return None
     artifact = ctx.store.get(hit)
@@ -187,24 +261,43 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
 
 def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot_dir: Path | None, group):
     """The training loop with the stage's progress bar, epoch log, snapshots and collapse warnings."""
-    import torch
-
     from clt.train import pretrain as run_pretrain
 
-    if recipe.pretrain.channels_last:
-        run.model = run.model.to(memory_format=torch.channels_last)
-    forward_model = torch.compile(run.model) if recipe.pretrain.compile else run.model
+    forward_model = _forward_model(recipe, run)
     run.monitor = monitor_for(ctx, recipe, run.data, run.device)
+    # a budgeted run said its plan before the first step; any other times its own first steps
+    clock = None if recipe.pretrain.minutes else _clock(ctx, recipe, run, steps)
     with ctx.report.progress("pretrain", recipe.pretrain.epochs * steps) as task:
         def on_step(r):
             task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
                         loss=r.loss)
+            if clock:
+                clock.tick(r.epoch, r.epoch * r.steps + r.step)
 
         return run_pretrain(forward_model, run.objective, run.params, run.data, recipe.pretrain, device=run.device,
                             precision=run.precision, seed=recipe.seed,
                             augment=augmenter(recipe, run.data, run.objective.views), on_step=on_step,
                             on_epoch=lambda record: _on_epoch(ctx, recipe, run, record, snapshot_dir),
                             checkpointer=checkpointer, distributed=group)
+
+
+def _forward_model(recipe, run: _Setup):
+    """The model the steps call: in channels-last memory and compiled where the recipe asks."""
+    import torch
+
+    if recipe.pretrain.channels_last:
+        run.model = run.model.to(memory_format=torch.channels_last)
+    return torch.compile(run.model) if recipe.pretrain.compile else run.model
+
+
+def _clock(ctx: Context, recipe, run: _Setup, steps: int):
+    from clt.stages.budget import StepClock
+    from clt.train import epoch_side
+
+    full = run.data.in_shape[1]
+    # an epoch at side s costs about (s / size)² of a full-size one (see pretrain.progressive_resize)
+    return StepClock(ctx.report.info, recipe.pretrain.epochs, steps,
+                     lambda epoch: (epoch_side(recipe.pretrain, epoch, full) / full) ** 2)
 
 
 def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapshot_dir: Path | None) -> None:
