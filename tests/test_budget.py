@@ -137,3 +137,16 @@ def test_minutes_out_of_range_is_refused_by_key(tmp_path):
 
 def test_plan_epochs_rounds_an_exact_budget_to_its_epochs():
     assert budget.plan_epochs(minutes_for(7, 22), PER_STEP, 22).epochs == 7
+
+
+def test_the_trial_times_real_steps_and_stores_nothing(tmp_path):
+    from clt.recipe import load_recipe
+    from clt.stages.context import Context
+
+    ctx = Context(Store(tmp_path))
+    recipe = load_recipe(DIGITS, [*SMALL, "pretrain.batch_size=16", "pretrain.precision=fp32"])
+    data_art = pretrain_stage.dataset_artifact(ctx, "digits")
+    before = set(Store(tmp_path).ids())
+    per_step = pretrain_stage.trial_step_seconds(ctx, recipe, data_art)
+    assert 0 < per_step < 60 and math.isfinite(per_step)
+    assert set(Store(tmp_path).ids()) == before

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def _plan_file(ctx: Context, memo_key: str) -> Path:
 def _plan(ctx: Context, recipe, raw: dict[str, Any], data_art: Artifact, resume: bool, group):
     """The epochs `pretrain.minutes` buys: the plan an interrupted run of this command saved, or one
     made from a timed trial (and saved before the first step)."""
+    from clt.errors import STORE_ELSEWHERE, writing
     from clt.stages.budget import TRIAL_STEPS, plan_epochs, read_plan
     from clt.store import write_atomic
 
@@ -105,8 +107,9 @@ def _plan(ctx: Context, recipe, raw: dict[str, Any], data_art: Artifact, resume:
         steps = _train_steps(recipe, data_art)
         ctx.report.info(f"timing a {TRIAL_STEPS}-step trial to plan {recipe.pretrain.minutes:g} minutes")
         plan = plan_epochs(recipe.pretrain.minutes, trial_step_seconds(ctx, recipe, data_art), steps)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(saved, json.dumps(plan.manifest()))
+        with writing(ctx.store.root, STORE_ELSEWHERE):
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(saved, json.dumps(plan.manifest()))
     ctx.report.info(plan.line())
     return plan
 
@@ -137,11 +140,12 @@ def trial_step_seconds(ctx: Context, recipe, data_art: Artifact) -> float:
     trial.data.train_limit = min(recipe.data.train_limit or limit, limit)
     trial.pretrain.epochs, trial.pretrain.monitor, trial.pretrain.progressive_resize = 2, None, []
     run = _setup(ctx, trial, data_art, None)
-    result = run_pretrain(_forward_model(trial, run), run.objective, run.params, run.data, trial.pretrain,
-                          device=run.device, precision=run.precision, seed=trial.seed,
-                          augment=augmenter(trial, run.data, run.objective.views))
-    first, second = result.history[0]["seconds"], result.history[1]["seconds"]
-    return (second - first) / (len(run.data.train) // trial.pretrain.batch_size)
+    ends: list[float] = []  # an epoch ends on reading its mean loss, so queued device work is done
+    run_pretrain(_forward_model(trial, run), run.objective, run.params, run.data, trial.pretrain,
+                 device=run.device, precision=run.precision, seed=trial.seed,
+                 augment=augmenter(trial, run.data, run.objective.views),
+                 on_epoch=lambda record: ends.append(time.perf_counter()))
+    return (ends[1] - ends[0]) / (len(run.data.train) // trial.pretrain.batch_size)
 
 
 def _memo_hit(ctx: Context, raw: dict[str, Any]) -> Outcome | None:
