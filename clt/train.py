@@ -28,8 +28,14 @@ if TYPE_CHECKING:  # the loop reads a parsed section; it never parses recipes it
 
 COLLAPSE_STD = 0.1  # fraction of the std that uniformly spread unit vectors have (1/sqrt(D))
 # embeddings whose effective rank is below this lie along about one direction, however far they
-# spread along it: BYOL without batch norm in its head sat at 1.3 of 64 while its spread read 0.6
+# spread along it: NNCLR with batch norm in its head read a spread of 0.54 at a rank of 1.5 of 64
+# (bench/results/diagnose/projection_norm.md)
 COLLAPSE_RANK = 2.0
+
+
+def is_collapsing(spread: float, rank: float) -> bool:
+    """Collapsed to a point (spread) or onto about one direction (effective rank); NaN is neither."""
+    return bool(spread < COLLAPSE_STD or rank < COLLAPSE_RANK)
 
 
 def _one_of(knobs: list[str]) -> str:
@@ -283,8 +289,7 @@ def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> 
         "image_height": side,
         "seconds": round(time.perf_counter() - loop.started, 3),
     }
-    record["collapse_warning"] = bool(record["embedding_spread"] < COLLAPSE_STD
-                                      or record["embedding_rank"] < COLLAPSE_RANK)
+    record["collapse_warning"] = is_collapsing(record["embedding_spread"], record["embedding_rank"])
     return record
 
 
