@@ -35,22 +35,12 @@ def _recipe(tmp_path: Path, dataset: str, epochs: int) -> Path:
 
 
 def _named_dataset(store: Path, name: str, folder: Path) -> list[str]:
-    """Import `folder` as dataset `name` keeping each image's file name in paths.jsonl (train rows, then
-    test rows), as imported datasets keep them; returns the names."""
-    from clt.data.sources import fetch
-    from clt.rows import names_text
-    from clt.stages.dataset import _content_digest, _write_dataset
+    """Import `folder` as dataset `name` with `clt download`, which keeps each image's file name;
+    returns the names, train rows then test rows."""
+    from clt.stages.dataset import split_names
 
-    arrays = fetch(name, source=folder, cache_dir=store / "downloads")
-    names = sorted(p.name for p in folder.iterdir())  # an unlabeled folder's rows are its files by name
-    spec = {"stage": "dataset", "name": name, "content": _content_digest(arrays), "classes": [], "names": names}
-
-    def build(tmp: Path) -> dict:
-        (tmp / "paths.jsonl").write_text(names_text(names), encoding="ascii")
-        return _write_dataset(tmp, name, arrays)
-
-    clt.open_store(store).produce(spec, "dataset", build, refs=(f"dataset/{name}",), name=name)
-    return names
+    artifact = clt.open_store(store).get(clt.download(name, folder, store=store).id)
+    return [n for split in ("train", "test") for n in (split_names(artifact, split) or [])]
 
 
 # ---------------------------------------------------------------- the measures, exactly

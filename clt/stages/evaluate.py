@@ -10,7 +10,7 @@ from typing import Any
 
 from clt.errors import CltError, DataError
 from clt.stages.context import Context, Outcome, produce
-from clt.stages.dataset import dataset_of, load_dataset
+from clt.stages.dataset import dataset_of, load_dataset, split_names
 from clt.stages.probe import load_probe, stored_recipe
 from clt.stages.weights import load_encoder
 from clt.store import Artifact, Store
@@ -295,18 +295,12 @@ def _label_free(features: _Features, option: dict[str, Any], results, protocol) 
 
 
 def dataset_row_names(data_art: Artifact) -> dict[str, list[str]] | None:
-    """Each split's source file names of an imported dataset, or None when it keeps none: per split
-    (train_paths.jsonl, test_paths.jsonl) or in one paths.jsonl, train rows then test rows."""
-    from clt.rows import NAMES_FILE, read_names
-
-    files, info = data_art.manifest.get("files", {}), data_art.manifest["dataset"]
-    per_split = {split: f"{split}_{NAMES_FILE}" for split in ("train", "test")}
-    if all(name in files for name in per_split.values()):
-        return {split: read_names(data_art.file(name), info[split]) for split, name in per_split.items()}
-    if NAMES_FILE in files:
-        names = read_names(data_art.file(NAMES_FILE), info["train"] + info["test"])
-        return {"train": names[:info["train"]], "test": names[info["train"]:]}
-    return None
+    """Each split's source file names of an imported dataset (as the dataset stage keeps them), or
+    None when it keeps none."""
+    names = {split: split_names(data_art, split) for split in ("train", "test")}
+    if names["train"] is None and names["test"] is None:
+        return None
+    return {split: found or [] for split, found in names.items()}
 
 
 def _tags_accuracy(features: _Features, matched, results, protocol) -> None:
@@ -353,9 +347,9 @@ def _matched_tags(data_art: Artifact, dataset: str, tags: bytes):
                         "import the folder with this clt (clt download NAME --from FOLDER keeps each image's file "
                         "name), pretrain on it, and evaluate that encoder")
     where: dict[str, tuple[str, int]] = {}
-    base_count = Counter(Path(n).name for split_names in names.values() for n in split_names)
-    for split, split_names in names.items():
-        for row, name in enumerate(split_names):
+    base_count = Counter(Path(n).name for found in names.values() for n in found)
+    for split, found in names.items():
+        for row, name in enumerate(found):
             where[name] = (split, row)
             if base_count[Path(name).name] == 1:
                 where.setdefault(Path(name).name, (split, row))
