@@ -71,31 +71,31 @@ class FileCheckpointer:
         self.warn = warn or (lambda message: None)
 
     def save(self, state: dict[str, Any]) -> None:
+        if not self.writable:
+            return  # and never touch the folder: rank 0 may be writing its partial files right now
+        # partial files named for this process, so no other process's cleanup can remove them
+        partials = (self.folder / f".{TENSORS}.{os.getpid()}.tmp", self.folder / f".{STATE}.{os.getpid()}.tmp")
         try:
-            self._save(state)
+            self._save(state, *partials)
         finally:  # a write that failed (a full disk) leaves no half file in the work folder
-            for partial in (self.folder / f".{TENSORS}.tmp", self.folder / f".{STATE}.tmp"):
+            for partial in partials:
                 partial.unlink(missing_ok=True)
 
-    def _save(self, state: dict[str, Any]) -> None:
+    def _save(self, state: dict[str, Any], tmp: Path, tmp_json: Path) -> None:
         from safetensors.torch import save_file
 
-        if not self.writable:
-            return
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten(state, tensors)
         self.folder.mkdir(parents=True, exist_ok=True)
         # tensors first, then the JSON that names them: a JSON file only ever points at a
         # complete tensor file, and both carry the same generation number
         generation = self._generation() + 1
-        tmp = self.folder / f".{TENSORS}.tmp"
         save_file(tensors, str(tmp), metadata={"generation": str(generation)})
         doc = {"generation": generation, "state": skeleton, "meta": self.meta}
         if self.sign:
             doc["tensors_sha256"] = sha256_regular(tmp, "the checkpoint")
             doc["hmac"] = self.sign(_signed_part(doc))
         os.replace(tmp, self.folder / f"{generation % 2}.{TENSORS}")
-        tmp_json = self.folder / f".{STATE}.tmp"
         tmp_json.write_text(json.dumps(doc))
         os.replace(tmp_json, self.folder / STATE)
 

@@ -6,13 +6,18 @@ damages it works on its own copy (`store_copy`), which costs a directory copy of
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,33 @@ VENV_CLT = ROOT / ".venv" / "bin" / "clt"
 FAST_PRETRAIN = ["--set", "pretrain.epochs=1"]
 FAST_PROBE = ["--epochs", "1"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- a local HTTP server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # a client that hangs up mid-file (a download refused for a full disk) is what the tests
+        # provoke; the default prints a traceback to the stderr the CLI runner is capturing
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving `root`; yields its base URL (no trailing slash)."""
+    httpd = _QuietServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 # ---------------------------------------------------------------- running the CLI

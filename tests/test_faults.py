@@ -297,6 +297,22 @@ def test_checkpoint_round_trip_and_generations(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_rank_that_only_reads_never_touches_rank_zeros_partial_files(tmp_path: Path):
+    """Ranks > 0 call save() at the same step as rank 0; they must not remove rank 0's half-written
+    files (a CI run lost rank 0's tensor file between writing and renaming it this way)."""
+    from clt.checkpoint import FileCheckpointer
+
+    writer = FileCheckpointer(tmp_path, {"id": "a"})
+    writer.save(_state())
+    partials = [tmp_path / ".checkpoint.safetensors.tmp", tmp_path / ".checkpoint.safetensors.12345.tmp"]
+    for partial in partials:  # rank 0, mid-write
+        partial.write_bytes(b"half")
+    before = sorted(tmp_path.iterdir())
+    FileCheckpointer(tmp_path, {"id": "a"}, writable=False).save(_state())
+    assert sorted(tmp_path.iterdir()) == before and all(p.read_bytes() == b"half" for p in partials)
+    assert writer.load()["step"] == _state()["step"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "pickle", "other generation", "json names no tensor"])
 def test_untrustworthy_checkpoint_is_ignored(tmp_path: Path, damage: str):
     from clt.checkpoint import STATE, FileCheckpointer

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import builtins
 import errno
-import functools
-import http.server
 import io
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from conftest import DIGITS, FAST_PRETRAIN, Ran, Trained, cli
+from conftest import DIGITS, FAST_PRETRAIN, Ran, Trained, cli, serve_folder
 from PIL import Image
 
 from clt.store import Store
@@ -156,17 +153,8 @@ def mirror(tmp_path_factory) -> Iterator[str]:
 
     www = tmp_path_factory.mktemp("www")
     (www / tvd.MNIST.resources[0][0]).write_bytes(b"\x1f\x8b" + bytes(64 * 1024))
-    handler = functools.partial(_QuietHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    with serve_folder(www) as url:
+        yield url + "/"
 
 
 def _index_args(store: Trained, work: Path, request) -> list[str]:
