@@ -178,6 +178,16 @@ def pretrain(
     return loop.result
 
 
+def length_dependence(cfg: PretrainConfig, objective: ObjectiveEntry, params: Any) -> str | None:
+    """What makes the first epochs of a longer run differ from a shorter one's (None: nothing, so a
+    finished run can be extended to more epochs and end exactly where the longer run would)."""
+    if cfg.scheduler == "cosine":
+        return "its cosine learning-rate schedule spans all the epochs"
+    if objective.target and str(getattr(params, "momentum_schedule", "cosine")) != "constant":
+        return "its target momentum rises over all the epochs (momentum_schedule cosine)"
+    return None
+
+
 def output_dim(model: nn.Module) -> int:
     """Width of what `model` outputs: an encoder's out_dim, or its projection head's."""
     if hasattr(model, "out_dim"):

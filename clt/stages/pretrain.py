@@ -48,10 +48,7 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     plan = _plan(ctx, recipe, raw, data_art, resume, group) if recipe.pretrain.minutes else None
     if plan:
         recipe.pretrain.epochs = plan.epochs  # the epochs trained are what the stored recipe holds
-    spec = {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
-            "seed": recipe.seed,
-            # "lars" ran plain SGD before LARS was written: such encoders must not be reused as LARS ones
-            **({"optimizer": "layer-wise LARS"} if recipe.pretrain.optimizer == "lars" else {})}
+    spec = _spec(recipe, data_art)
     if group and (recipe.pretrain.batch_size % group.world_size):
         raise RecipeError(f"pretrain.batch_size = {recipe.pretrain.batch_size} does not split over "
                           f"{group.world_size} processes", "make the global batch size a multiple of --nproc")
@@ -68,6 +65,14 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
     if plan:  # answered by the memo from now on
         shutil.rmtree(_plan_file(ctx, key).parent, ignore_errors=True)
     return outcome
+
+
+def _spec(recipe, data_art: Artifact) -> dict[str, Any]:
+    """What an encoder's address hashes: the resolved recipe, the dataset, the seed."""
+    return {"stage": "pretrain", "recipe": recipe.to_dict(), "inputs": {"dataset": data_art.id},
+            "seed": recipe.seed,
+            # "lars" ran plain SGD before LARS was written: such encoders must not be reused as LARS ones
+            **({"optimizer": "layer-wise LARS"} if recipe.pretrain.optimizer == "lars" else {})}
 
 
 def _memo_key(raw: dict[str, Any], dataset_id: str, device: str = "auto") -> str:
@@ -245,6 +250,8 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
                                     warn=ctx.report.warn)
     if not resume and main:
         checkpointer.clear()
+    elif main and checkpointer.load() is None:
+        _start_from_shorter_run(ctx, recipe, run, data_art, checkpointer)
     if group:
         group.barrier()  # every rank sees the same checkpoint (or none) before it starts
     steps = len(run.data.train) // recipe.pretrain.batch_size
@@ -256,6 +263,8 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
     if result.resumed_from:
         ctx.report.info(f"resumed from step {result.resumed_from}")
     _write_encoder(tmp, recipe, run.encoder, result.history, work if main else None)
+    if main and _length_dependence(recipe, run) is None:
+        _keep_resume_point(work, tmp / RESUME, artifact_id)
     if group:
         group.barrier()  # nobody may still be reading the checkpoint when rank 0 removes it
     if main:
@@ -326,6 +335,70 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
                         f"{record['embedding_spread']:.3f}, ~1 is healthy; rank {record['embedding_rank']:.1f} "
                         f"of {record['embedding_dim']}, under 2 is one direction): "
                         + collapse_advice(run.params, recipe.pretrain.lr, run.objective, recipe.model.projection_norm))
+
+
+# ---------------------------------------------------------------- extending a finished run
+# A run whose schedule does not depend on its length (no cosine lr, no rising target momentum)
+# keeps its last training state in the artifact (resume/): the same recipe with more epochs then
+# continues from it and ends exactly where a run of that length from scratch would.
+RESUME = "resume"
+
+
+def _length_dependence(recipe, run: _Setup) -> str | None:
+    from clt.train import length_dependence
+
+    if recipe.pretrain.minutes:
+        return "its epochs were planned from a time budget"
+    return length_dependence(recipe.pretrain, run.objective, run.params)
+
+
+def _keep_resume_point(work: Path, into: Path, artifact_id: str) -> None:
+    """Copy the last checkpoint (the state after the last epoch) into the artifact's resume/ folder."""
+    from clt.checkpoint import STATE, TENSORS
+
+    try:
+        generation = int(json.loads((work / STATE).read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no checkpoint was written (a checkpointer-less run): nothing to extend from
+    into.mkdir()
+    shutil.copyfile(work / STATE, into / STATE)
+    shutil.copyfile(work / f"{generation % 2}.{TENSORS}", into / f"{generation % 2}.{TENSORS}")
+
+
+def _shorter_runs(ctx: Context, recipe, data_art: Artifact) -> list[Artifact]:
+    """Finished encoders of this very recipe and dataset with fewer epochs, longest first."""
+    def without_epochs(spec: dict[str, Any]) -> str:
+        spec = json.loads(json.dumps(spec))
+        epochs = spec.get("recipe", {}).get("pretrain", {}).pop("epochs", None)
+        return json.dumps(spec, sort_keys=True) if isinstance(epochs, int) else ""
+
+    wanted = without_epochs(_spec(recipe, data_art))
+    found = [a for a in ctx.store.all() if a.kind == "encoder" and not ctx.store.is_stale(a)
+             and without_epochs(a.manifest.get("spec", {})) == wanted
+             and a.manifest["spec"]["recipe"]["pretrain"]["epochs"] < recipe.pretrain.epochs]
+    return sorted(found, key=lambda a: -a.manifest["spec"]["recipe"]["pretrain"]["epochs"])
+
+
+def _start_from_shorter_run(ctx: Context, recipe, run: _Setup, data_art: Artifact, checkpointer) -> None:
+    """Seed the work folder with a shorter finished run's last state when the schedule allows it."""
+    from clt.checkpoint import FileCheckpointer
+
+    shorter = _shorter_runs(ctx, recipe, data_art)
+    if not shorter:
+        return
+    done = shorter[0].manifest["spec"]["recipe"]["pretrain"]["epochs"]
+    why_not = _length_dependence(recipe, run)
+    if why_not:
+        ctx.report.info(f"a finished {done}-epoch run of {recipe.name} ({shorter[0].short}) is stored, but "
+                        f"{why_not}, so a {recipe.pretrain.epochs}-epoch run starts over (scheduler: none or "
+                        "step, and a constant target momentum, can be extended)")
+        return
+    state = FileCheckpointer(shorter[0].path / RESUME, {"id": shorter[0].id}, writable=False,
+                             sign=ctx.store.sign, warn=ctx.report.warn).load()
+    if state is not None:
+        checkpointer.save(state)
+        ctx.report.info(f"extending the finished {done}-epoch run {shorter[0].short} to "
+                        f"{recipe.pretrain.epochs} epochs")
 
 
 def _write_encoder(tmp: Path, recipe, encoder, history: list[dict[str, Any]], snapshot_dir: Path | None) -> None:
