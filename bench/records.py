@@ -64,7 +64,7 @@ def load_records(results: Path = RESULTS) -> list[tuple[str, dict]]:
     for path in sorted(results.rglob("*.json")):
         data = json.loads(path.read_text())
         header = data.get("record")
-        name = path.relative_to(ROOT).as_posix()
+        name = (path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).as_posix()
         if not isinstance(header, dict):
             raise RecordError(f"{name} has no `record` header (study, date, commit, machine, command ...)")
         missing = [key for key in REQUIRED if not header.get(key)]
