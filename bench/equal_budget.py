@@ -10,7 +10,7 @@ is reported beside the accuracy. Then the linear probe of the recipe on all labe
 kNN curve (2,000 test images against 10,000 train images) from the monitor.
 
 One JSON file per objective, seed and machine class goes to bench/results/equal_budget/, so a
-table can be filled over several sessions; existing results are kept unless --force. Thirty
+table can be filled over several days; existing results are kept unless --force. Thirty
 minutes buy about four times more epochs on a CPU with native bf16 (AVX-512 BF16 or AMX) than on
 one without, so rows are only compared within one machine class: the tables of every result found
 (one per class) are rewritten to bench/results/equal_budget.md after each run, and the online

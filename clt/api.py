@@ -197,7 +197,7 @@ def predict(ref: str | None, images: Sequence[str | Path], *, top: int = 1, knn:
     """Classes of new images: a probe's top classes with probabilities, or (knn=K) the vote of an
     encoder's K nearest training embeddings.
 
-    Example: clt.predict("latest-probe", ["digit.png"], top=3)[0]["top"][0]["class"]
+    Example: `clt.predict("latest-probe", ["digit.png"], top=3)[0]["top"][0]["class"]`
     """
     if top < 1 or (knn is not None and knn < 1):
         raise CltError("--top and --knn must be >= 1", "use e.g. --top 3 or --knn 10")
@@ -220,7 +220,7 @@ def search(index_ref: str | None, images: Sequence[str | Path], *, k: int = 10, 
     """The k nearest stored images of each query image (row, label, class, path, distance); with
     `grid` a PNG of every query beside its neighbours.
 
-    Example: clt.search(index_id, ["query.png"], k=5, grid="neighbours.png")[0]["neighbours"]
+    Example: `clt.search(index_id, ["query.png"], k=5, grid="neighbours.png")[0]["neighbours"]`
     """
     ctx = _context(store, device, progress=progress)
     return stages.search(ctx, index_ref, [str(i) for i in images], k, str(grid) if grid is not None else None)
@@ -291,7 +291,7 @@ def baseline_logreg(dataset: str, *, overrides: Sequence[str] = (), seed: int = 
 def compare(refs: Sequence[str], *, store: StoreLike = None) -> list[dict[str, Any]]:
     """Evaluations grouped by everything but the seed: one row each, metrics as mean, std and values.
 
-    Example: clt.compare([e.id for e in evaluations])[0]["accuracy"]["mean"]
+    Example: `clt.compare([e.id for e in evaluations])[0]["accuracy"]["mean"]`
     """
     return stages.summarize(open_store(store), list(refs))
 
@@ -312,7 +312,7 @@ def list_artifacts(kind: str | None = None, *, store: StoreLike = None) -> list[
 def show(ref: str, *, store: StoreLike = None) -> dict[str, Any]:
     """An artifact's manifest: what made it, from what, with which results.
 
-    Example: clt.show("latest-evaluation")["results"]["confusion"]
+    Example: `clt.show("latest-evaluation")["results"]["confusion"]`
     """
     opened = open_store(store)
     artifact = opened.resolve(ref)

@@ -325,11 +325,11 @@ def test_a_checkpoint_linked_to_a_device_is_discarded(tmp_path: Path):
     assert checkpointer.load()["step"] == 3
 
 
-# ---------------------------------------------------------------- 8. what the README promises
+# ---------------------------------------------------------------- 8. what the docs promise
 
 
-def test_the_readme_says_what_the_keyed_checksum_does_and_does_not_protect_against():
-    text = (ROOT / "README.md").read_text()
+def test_the_store_page_says_what_the_keyed_checksum_does_and_does_not_protect_against():
+    text = (ROOT / "docs" / "store.md").read_text()
     section = text[text.index("**Tamper-evident manifests.**"):]
     section = section[:section.index("\n- **")]
     for phrase in ("do not hold the key", "anyone who can read `store.key`", "--adopt-key", "sha256 only",

@@ -1,0 +1,161 @@
+"""Write docs/results.md from the benchmark records in bench/results/.
+
+Every JSON file under bench/results/ is a record: whatever its benchmark script wrote, plus a
+`record` header that names the run the way a reader can repeat it:
+
+    "record": {
+      "study": "published",                   # the section of docs/results.md it belongs to
+      "title": "MNIST pair margin loss, 3 seeds, fp32",
+      "date": "2026-12-02",                    # when the run was made
+      "commit": "f3ab26f",                     # the code it ran (see commit_is)
+      "commit_is": "run",                      # "run": the checkout that ran; "added": the commit
+                                               # that added the record (the run used its parent)
+      "machine": "2-core AMD EPYC, AVX-512 and native bf16",
+      "command": "python bench/published.py mnist_pair --set pretrain.precision=fp32",
+      "protocol": "10,048 balanced test pairs; linear probe on 10,000 test images",
+      "figures": {"pair accuracy %": {"path": "rows.0.pair_accuracy.values", "format": "pct"},
+                  "wall time": "102 s"}
+    }
+
+A figure is either a literal string (for a record whose data lives nowhere else) or a pointer
+into the record's own data (`path`, dots between keys and list indices) with a format: `pct`
+(a fraction shown as a percentage), `pct_raw` (already a percentage), `num` (`digits` decimals,
+default 1). A pointer to a list joins its items; to {"mean", "std"}, it shows mean ± std.
+
+    python bench/records.py           # rewrite docs/results.md
+    python bench/records.py --check   # exit 1 if docs/results.md is not what the records give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PAGE = ROOT / "docs" / "results.md"
+REQUIRED = ("study", "title", "date", "commit", "machine", "command", "protocol", "figures")
+
+# The sections of the page, in order: a title and one sentence on what the study measures.
+STUDIES = {
+    "published": ("Published results", "clt's recipes against figures published for the same protocol."),
+    "cifar10_triplet": ("CIFAR-10 triplets on a CPU", "The triplet recipe within an hour of a 2-core CPU."),
+    "simclr_cpu": ("SimCLR on CIFAR-10 on a CPU", "SimCLR with the compact ResNet-20 on a 2-core CPU, and "
+                   "against lightly's documented loop."),
+    "equal_budget": ("Every objective at equal cost", "Each objective's recipe for 30 minutes of pretraining "
+                     "on CIFAR-10 (ResNet-20 w16); rows compare only within one machine class."),
+    "methods_10ep": ("Ten epochs of each method", "The fixed protocol: 10 epochs of the shipped CPU recipe."),
+    "diagnose": ("Diagnoses", "Short runs that change one thing at a time."),
+    "recipes": ("Every recipe at a small budget", "Shows that each recipe runs end to end; not results."),
+    "speed": ("Speed", "clt's training step against plain PyTorch loops, and search."),
+    "images": ("New images and search", "Encoders put to work on image files, and approximate indexes."),
+}
+
+
+class RecordError(ValueError):
+    """A record that does not name its run, or a figure that points at nothing."""
+
+
+def load_records(results: Path = RESULTS) -> list[tuple[str, dict]]:
+    """(path relative to the repository, header) of every record, sorted by study order, date, path."""
+    found = []
+    for path in sorted(results.rglob("*.json")):
+        data = json.loads(path.read_text())
+        header = data.get("record")
+        name = (path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).as_posix()
+        if not isinstance(header, dict):
+            raise RecordError(f"{name} has no `record` header (study, date, commit, machine, command ...)")
+        missing = [key for key in REQUIRED if not header.get(key)]
+        if missing:
+            raise RecordError(f"{name}: the record header lacks {', '.join(missing)}")
+        if header["study"] not in STUDIES:
+            raise RecordError(f"{name}: unknown study {header['study']!r} (known: {', '.join(STUDIES)})")
+        found.append((name, {**header, "figures": render_figures(name, data, header["figures"])}))
+    order = list(STUDIES)
+    return sorted(found, key=lambda item: (order.index(item[1]["study"]), item[1]["date"], item[0]))
+
+
+def lookup(data, path: str):
+    for key in path.split("."):
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    return data
+
+
+def formatted(value, fmt: str, digits: int) -> str:
+    if isinstance(value, list):
+        return ", ".join(formatted(v, fmt, digits) for v in value)
+    if isinstance(value, dict) and "mean" in value:
+        return f"{formatted(value['mean'], fmt, digits)} ± {formatted(value['std'], fmt, digits)}"
+    if value is None:
+        return "–"
+    scale = 100.0 if fmt == "pct" else 1.0
+    return f"{value * scale:,.{digits}f}"
+
+
+def render_figures(name: str, data: dict, figures: dict) -> list[tuple[str, str]]:
+    out = []
+    for label, spec in figures.items():
+        if isinstance(spec, str):
+            out.append((label, spec))
+            continue
+        try:
+            value = lookup(data, spec["path"])
+        except (KeyError, IndexError, ValueError) as error:
+            raise RecordError(f"{name}: figure {label!r} points at {spec['path']!r}, which is not there") from error
+        fmt = spec.get("format", "num")
+        digits = spec.get("digits", 2 if fmt.startswith("pct") else 1)
+        out.append((label, formatted(value, fmt, digits)))
+    return out
+
+
+def cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def row(name: str, header: dict) -> str:
+    commit = header["commit"] + (" (record added)" if header.get("commit_is") == "added" else "")
+    figures = "; ".join(f"{label}: {value}" for label, value in header["figures"])
+    cells = [f"{header['title']} (`{name}`)", header["date"], f"`{commit}`", header["machine"],
+             f"`{header['command']}`", header["protocol"], figures]
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
+def page(records: list[tuple[str, dict]]) -> str:
+    lines = ["# Results", "",
+             "<!-- Generated by `python bench/records.py` from the records in bench/results/; do not edit. -->",
+             "",
+             "Every figure here is read from a record in `bench/results/`: a JSON file that names the date, the",
+             "commit, the machine, the command and the protocol of its run. A commit marked *record added* is the",
+             "one that added the record; the run used the code just before it. The studies' pages tell what",
+             "each run shows: [published results](studies/published.md), [SimCLR on a CPU](studies/simclr-cpu.md),",
+             "[every objective at equal cost](studies/equal-budget.md), [speed and search](studies/speed.md).",
+             ""]
+    for study, (title, about) in STUDIES.items():
+        rows = [row(name, header) for name, header in records if header["study"] == study]
+        if not rows:
+            continue
+        lines += [f"## {title}", "", about, "",
+                  "| record | date | commit | machine | command | protocol | figures |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md differs from the records")
+    args = parser.parse_args(argv)
+    text = page(load_records())
+    if args.check:
+        if PAGE.read_text() != text:
+            print("docs/results.md is not what bench/results/ gives: run `python bench/records.py`", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(text)
+    print(f"wrote {PAGE.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
