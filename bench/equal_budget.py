@@ -137,6 +137,27 @@ def provenance(machine: str, precision: str | None, started: float) -> dict:
             "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
 
 
+def record_header(result: dict, args) -> dict:
+    """The header bench/records.py reads: what ran, when, at which commit, on which machine."""
+    from records import STUDIES
+
+    study = args.results if args.results in STUDIES else "equal_budget"
+    name = "untrained encoder (no pretraining)" if result["objective"] == UNTRAINED else result["objective"]
+    budget = f"{result['epochs']} epochs of the shipped recipe" if args.epochs else f"a {args.budget} s budget"
+    figures = {"epochs": {"path": "epochs", "format": "num", "digits": 0},
+               "200-NN %": {"path": "knn200", "format": "pct", "digits": 2},
+               "linear %": {"path": "linear", "format": "pct", "digits": 2}}
+    if result.get("final_rank") is not None:
+        figures["effective rank at the end (of 64)"] = {"path": "final_rank", "format": "num", "digits": 1}
+    figures["pretrain s"] = {"path": "pretrain_s", "format": "num", "digits": 0}
+    return {"study": study, "title": f"{name}, seed {result['seed']}, {result['precision']}",
+            "date": result["date"], "commit": result["commit"], "commit_is": "run", "machine": result["cpu"],
+            "command": result["command"].replace(str(args.artifacts), "STORE"),
+            "protocol": f"CIFAR-10, ResNet-20 w16, {budget}, batch 256; linear probe (30 epochs, all labels) "
+                        "and 200-NN of 10,000 test images against all 50,000 train embeddings",
+            "figures": figures}
+
+
 def read_out(run: Run, encoder) -> tuple:
     """The probe, its linear accuracy and the 200-NN accuracy: how every row is scored."""
     probe = clt.probe(encoder.id, **run.opts())
@@ -268,7 +289,7 @@ def main() -> None:
                 continue
             result = run_untrained(run, machine, args) if name == UNTRAINED else run_one(run, name, machine, args)
             with written_aside(path) as tmp:
-                tmp.write_text(json.dumps(result, indent=1))
+                tmp.write_text(json.dumps({"record": record_header(result, args), **result}, indent=1))
             print(write_table(out), flush=True)
     print(write_table(out))
     if any(r["seed"] == 0 for rows in results_by_machine(out).values() for r in rows):

@@ -120,7 +120,8 @@ def main() -> None:
     scores = {"encoder": nearest_same_class(encoder.embed(query_paths), encoder.embed(base_paths),
                                             query_cls, base_cls)}
     recipe = clt.show(encoder_result.id, store=args.artifacts)["recipe"]
-    untrained = untrained_like(clt.load_encoder(encoder_result.id, store=args.artifacts), recipe["seed"], args.artifacts)
+    untrained = untrained_like(clt.load_encoder(encoder_result.id, store=args.artifacts), recipe["seed"],
+                               args.artifacts)
     scores["untrained"] = nearest_same_class(untrained.embed(query_paths), untrained.embed(base_paths),
                                              query_cls, base_cls)
     base_px, query_px = pixels(base_paths), pixels(query_paths)
@@ -128,10 +129,17 @@ def main() -> None:
     centre = base_px.mean(0)
     scores["pixels_centred"] = nearest_same_class(query_px - centre, base_px - centre, query_cls, base_cls)
     record = {
-        "study": "folder_photos", "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
-        "machine": cpu_model(), "command": "python bench/folder_photos.py" + (" --write" if args.write else ""),
+        "study": "folder_photos", "title": f"{Path(args.recipe).name} on 6,000 unlabeled photos",
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "commit_is": "run", "machine": cpu_model(),
+        "command": "python bench/folder_photos.py" + (f" --minutes {args.minutes:g}" if args.minutes else "")
+                   + " --write",
         "protocol": (f"{len(base_paths)} CIFAR-10 train photos as an unlabeled flat folder; "
                      f"{len(query_paths)} test photos query them by cosine 1-NN; same class = hit"),
+        "figures": {"epochs": {"path": "epochs", "format": "num", "digits": 0},
+                    "1-NN same class, encoder %": {"path": "one_nn_same_class.encoder", "format": "pct"},
+                    "untrained %": {"path": "one_nn_same_class.untrained", "format": "pct"},
+                    "raw pixels %": {"path": "one_nn_same_class.pixels", "format": "pct"},
+                    "mean-centred pixels %": {"path": "one_nn_same_class.pixels_centred", "format": "pct"}},
         "recipe": Path(args.recipe).name, "minutes": recipe["pretrain"].get("minutes"),
         "epochs": recipe["pretrain"]["epochs"], "pretrain_wall_seconds": round(wall, 1),
         "train_seconds": encoder_result.metrics.get("train_seconds"), "encoder": encoder_result.id[:12],
@@ -140,7 +148,9 @@ def main() -> None:
     }
     print(json.dumps(record, indent=1))
     if args.write:
-        (RESULTS / "folder_photos.json").write_text(json.dumps(record, indent=1) + "\n")
+        header = {k: record[k] for k in ("study", "title", "date", "commit", "commit_is", "machine", "command",
+                                         "protocol", "figures")}
+        (RESULTS / "folder_photos.json").write_text(json.dumps({"record": header, **record}, indent=1) + "\n")
         (RESULTS / "folder_photos.md").write_text(markdown(record))
 
 

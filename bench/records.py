@@ -51,6 +51,8 @@ STUDIES = {
     "recipes": ("Every recipe at a small budget", "Shows that each recipe runs end to end; not results."),
     "speed": ("Speed", "clt's training step against plain PyTorch loops, and search."),
     "images": ("New images and search", "Encoders put to work on image files, and approximate indexes."),
+    "folder_photos": ("Unlabeled photos", "A flat folder of CIFAR-10 photos without labels, trained with the "
+                      "shipped folder recipe on its time budget, against raw pixels."),
 }
 
 
