@@ -81,7 +81,7 @@ class ObjectiveEntry:
     extra: dict[str, Any] = field(default_factory=dict)
     reads_views: bool = False  # the loss takes clt.methods.ViewOutputs (predictor, target, queue)
     predictor: bool = False  # a predictor head on the projections (params.predictor_hidden; 0: none)
-    target: bool = False  # a momentum (EMA) target network (params.momentum, momentum_schedule)
+    target: bool = False  # a momentum (EMA) target network (params.target_momentum, target_momentum_schedule)
     queue: str | None = None  # rows kept across steps, from "target" or "online" (params.queue_size)
     gather: bool = True  # with several processes, the loss sees every rank's rows
     # the loss ignores an offset shared by every embedding (it centres or standardises each

@@ -75,8 +75,8 @@ def collapse_advice(params: Any, lr: float, objective: ObjectiveEntry | None = N
     knobs.append(f"lower pretrain.lr (now {lr:g})")
     if getattr(params, "temperature", None) is not None:
         knobs.append(f"raise objective.temperature (now {params.temperature:g})")
-    if getattr(params, "momentum", None) is not None:
-        knobs.append(f"slow the target with a higher objective.momentum (now {params.momentum:g})")
+    if getattr(params, "target_momentum", None) is not None:
+        knobs.append(f"slow the target with a higher objective.target_momentum (now {params.target_momentum:g})")
     knobs.append("strengthen pretrain.augment")
     return _one_of(knobs) + _known_recipe(objective)
 
