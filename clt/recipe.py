@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -71,8 +71,8 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = knob("pair_cnn", "registered encoder (see Encoders below); its parameters are further keys "
-                        "of this section")
+    encoder: str = knob("pair_cnn", "registered encoder (the recipe reference lists each with its "
+                        "parameters); its parameters are further keys of this section")
     params: dict[str, Any] = knob(doc="the encoder's parameters; usually written as keys of `model:` itself",
                                   factory=dict)
     projection: list[int] | None = knob(
@@ -87,8 +87,8 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = knob("pair", "registered objective (see Objectives below); its parameters are further keys of "
-                     "this section")
+    name: str = knob("pair", "registered objective (the recipe reference lists each with its "
+                     "parameters); its parameters are further keys of this section")
     params: dict[str, Any] = knob(doc="the objective's parameters; usually written as keys of `objective:` itself",
                                   factory=dict)
 
@@ -174,7 +174,8 @@ class EvaluateConfig:
 
 @dataclass
 class Recipe:
-    name: str = knob("recipe", "the recipe's name, which refs such as `latest-NAME` use (default: the file name)")
+    name: str = knob("recipe", "the recipe's name: later commands take it to mean its latest artifact, e.g. "
+                     "`clt probe NAME` (default: the file name)")
     seed: int = knob(0, "seed of every random choice (init, batches, views, subsets)",
                      check=lambda v: 0 <= v < 2**32, must="in [0, 2**32)")
     data: DataConfig = knob(doc="what to train on", factory=DataConfig)

@@ -125,6 +125,15 @@ def register_objective(name: str, params: type = NoParams, *, views: int = 1, us
     return deco
 
 
+def summary(entry: EncoderEntry | ObjectiveEntry) -> str:
+    """One line on what an entry is: an objective's module docstring (one module per method, naming
+    the paper), else the first line of the function's own."""
+    import sys
+
+    module = sys.modules.get(getattr(entry, "loss", None).__module__) if isinstance(entry, ObjectiveEntry) else None
+    return _first_line(module.__doc__) if module is not None and module.__doc__ else entry.doc
+
+
 def _first_line(doc: str | None) -> str:
     lines = (doc or "").strip().splitlines()
     return lines[0] if lines else ""

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from clt.registry import register_objective
 from clt.typed import knob
 
-
 # the momentum target's knobs, shared by MoCo and BYOL (pretrain.momentum is the optimiser's)
 TARGET_MOMENTUM_DOC = ("EMA rate of the momentum target: after each step target = m·target + (1 − m)·online "
                        "(higher: a slower target)")
