@@ -173,7 +173,7 @@ def recipe_markdown() -> str:
 
 
 def _section(cls: type, dotted: str, doc: str) -> list[str]:
-    out = ["", f"## {dotted}" if "." not in dotted else f"### {dotted}", "", _text(_sentence(doc, capital=True)), "",
+    out = ["", f"## `{dotted}`" if "." not in dotted else f"### `{dotted}`", "", _text(_sentence(doc, capital=True)), "",
            *_fields_table(cls, dotted)]
     for f in dataclasses.fields(cls):
         nested = _dataclass_of(cls, f.name)
