@@ -173,8 +173,8 @@ def recipe_markdown() -> str:
 
 
 def _section(cls: type, dotted: str, doc: str) -> list[str]:
-    out = ["", f"## `{dotted}`" if "." not in dotted else f"### `{dotted}`", "", _text(_sentence(doc, capital=True)), "",
-           *_fields_table(cls, dotted)]
+    heading = f"## `{dotted}`" if "." not in dotted else f"### `{dotted}`"
+    out = ["", heading, "", _text(_sentence(doc, capital=True)), "", *_fields_table(cls, dotted)]
     for f in dataclasses.fields(cls):
         nested = _dataclass_of(cls, f.name)
         if nested is not None:
