@@ -140,6 +140,10 @@ def _fitted(raw: dict[str, Any], data: Dataset) -> tuple[dict[str, Any], dict[st
         pretrain["batch_size"] = fitted
         notes["pretrain.batch_size"] = (f"clt init: {fitted}, not the shipped {batch}: the dataset has "
                                         f"{data.train} train images")
+        if pretrain.get("optimizer") in ("sgd", "lars"):  # SimCLR's linear scaling rule; Adam's is left
+            shipped_lr = pretrain["lr"]
+            pretrain["lr"] = round(shipped_lr * fitted / batch, 6)
+            notes["pretrain.lr"] = f"clt init: the shipped {shipped_lr:g} × {fitted}/{batch}, as the batch is smaller"
     return raw, notes
 
 
