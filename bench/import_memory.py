@@ -1,7 +1,7 @@
 """Peak memory of `clt download --from` against the size of what it stores, and the refusal of
 decompression bombs, each in a fresh process:
 
-    python bench/import_memory.py cifar10 ../shared/datasets/cifar10-jpeg.tar.gz
+    python bench/import_memory.py cifar10 PATH/TO/cifar10-jpeg.tar.gz
     python bench/import_memory.py --make-bombs bombs/      # the issue's two archive bombs, rebuilt
     python bench/import_memory.py pixbomb bombs/pixbomb.tar.gz
 

@@ -14,7 +14,7 @@ from clt.version import __version__
 
 _API = ("Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEvent", "Result", "baseline_logreg",
         "baseline_scratch", "WriteError",
-        "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
+        "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index", "init",
         "key_status", "list_artifacts", "load_index",
         "predict", "search", "load_classifier", "load_dataset",
         "load_encoder", "open_store", "pretrain", "probe", "show", "tsne", "verify", "views")

@@ -30,7 +30,7 @@ StoreLike = Store | str | Path | None
 __all__ = ["Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEvent", "Result", "baseline_logreg",
            "baseline_scratch", "WriteError",
            "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
-           "key_status", "launch_distributed", "list_artifacts",
+           "init", "key_status", "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
            "probe", "search", "show", "tsne", "verify", "views"]
 
@@ -91,10 +91,24 @@ def download(name: str, source: str | Path | None = None, *, size: tuple[int, in
              progress: ProgressCallback | None = None) -> Result:
     """Fetch a dataset (checksummed) or import a local copy; stored once as uint8 arrays.
 
-    Example: clt.download("mnist", "../shared/datasets/mnist").metrics == {"train": 60000, "test": 10000}
+    Example: clt.download("mnist", "PATH/TO/mnist").metrics == {"train": 60000, "test": 10000}
     """
     ctx = _context(store, progress=progress)
     return _result(stages.download(ctx, name, str(source) if source is not None else None, size, mirrors))
+
+
+def init(recipe: str | Path, *, dataset: str, objective: str, force: bool = False, store: StoreLike = None,
+         progress: ProgressCallback | None = None) -> Path:
+    """Write a commented recipe for a stored dataset and an objective, from the shipped recipe of that
+    objective measured to learn (digits' for grayscale images, CIFAR-10's for colour), fitted to the
+    dataset; it loads with clt.pretrain. Objectives that learn from labels are refused for a dataset
+    without them; an existing file is kept unless `force`.
+
+    Example: clt.pretrain(clt.init("mine.yaml", dataset="digits", objective="simclr")).kind == "encoder"
+    """
+    from clt.stages.init import init_recipe
+
+    return init_recipe(_context(store, progress=progress), str(recipe), dataset, objective, force)
 
 
 def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | None = None, resume: bool = True,

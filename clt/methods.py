@@ -104,8 +104,8 @@ class MethodParts(nn.Module):
         size = int(getattr(params, "queue_size", 0)) if objective.queue else 0
         self.queue = FeatureQueue(size, dim) if size else None
         self.queue_from = objective.queue
-        self.momentum = float(getattr(params, "momentum", 0.99))
-        self.schedule = str(getattr(params, "momentum_schedule", "cosine"))
+        self.momentum = float(getattr(params, "target_momentum", 0.99))
+        self.schedule = str(getattr(params, "target_momentum_schedule", "cosine"))
 
     def trained_parameters(self) -> list[nn.Parameter]:
         return list(self.predictor.parameters()) if self.predictor is not None else []

@@ -10,170 +10,196 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from clt.errors import RecipeError, did_you_mean
-from clt.typed import OMIT_IF_DEFAULT, from_dict, params_of, short, to_plain  # noqa: F401  (recipe readers use them)
+from clt.typed import OMIT_IF_DEFAULT, check_fields, from_dict, knob, short, to_plain  # noqa: F401  (recipe readers use them)
+from clt.typed import params_of as _typed_params_of
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _probability(v: Any) -> bool:
+    return 0 <= v <= 1
+
+
+# Every field is a knob: its doc, default and allowed range in one place. The generated recipe
+# reference (docs/reference/recipe.md), `clt init`'s comments and the range check all read them.
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"
-    # pretrain on a seeded, class-balanced subset of this many train images (0 = all): smoke
-    # runs of big recipes on a small machine; probes and evaluations still see the full splits
-    train_limit: int = 0
+    dataset: str = knob("digits", "name of a stored dataset: a built-in one (digits, mnist, fashion-mnist, "
+                        "cifar10) or one imported with `clt download NAME --from PATH`")
+    train_limit: int = knob(0, "pretrain on a seeded, class-balanced subset of this many train images (0 = all): "
+                            "smoke runs of big recipes on a small machine; probes and evaluations still see the "
+                            "full splits", check=_at_least(0), must=">= 0 (0 = every train image)")
 
 
 @dataclass
 class AugmentConfig:
     """Batched view augmentations; `preset` picks per-dataset defaults, other keys override them."""
 
-    preset: str = "auto"
-    crop_scale: tuple[float, float] | None = None
-    flip: float | None = None
-    jitter: float | None = None
-    jitter_prob: float | None = None
-    grayscale: float | None = None
-    blur: float | None = None
-    rotate: float | None = None
-    translate: float | None = None
+    preset: str = knob("auto", "named set of augmentations (simclr_cifar, imagenet_like, digits, cifar_light, "
+                       "cifar_crop, none); auto picks by dataset: digits for grayscale, simclr_cifar for colour")
+    crop_scale: tuple[float, float] | None = knob(
+        None, "random resized crop: range of the crop's area as a fraction of the image, [lo, hi]",
+        check=lambda v: 0 < v[0] <= v[1] <= 1, must="[lo, hi] with 0 < lo <= hi <= 1")
+    flip: float | None = knob(None, "probability of a horizontal flip", check=_probability, must="in [0, 1]")
+    jitter: float | None = knob(None, "colour jitter strength s (brightness, contrast, saturation 0.8·s, hue 0.2·s)",
+                                check=_at_least(0), must=">= 0")
+    jitter_prob: float | None = knob(None, "probability that an image gets colour jitter at all",
+                                     check=_probability, must="in [0, 1]")
+    grayscale: float | None = knob(None, "probability of turning a colour image grey", check=_probability,
+                                   must="in [0, 1]")
+    blur: float | None = knob(None, "probability of a Gaussian blur (sigma drawn from [0.1, 2.0])",
+                              check=_probability, must="in [0, 1]")
+    rotate: float | None = knob(None, "largest rotation, in degrees either way", check=_at_least(0), must=">= 0")
+    translate: float | None = knob(None, "largest shift, as a fraction of the image side", check=_probability,
+                                   must="a fraction of the side in [0, 1]")
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "pair_cnn"
-    params: dict[str, Any] = field(default_factory=dict)
-    # projection head used only while pretraining, then dropped: layer widths after the encoder
-    projection: list[int] | None = None
-    # batch norm in the projection head: "hidden" after each hidden layer (SimCLR v2, BYOL, MoCo v2,
-    # NNCLR, Barlow Twins and VICReg heads), "all" also on the output without a learned scale (SimSiam)
-    projection_norm: Literal["none", "hidden", "all"] = field(default="none", metadata=OMIT_IF_DEFAULT)
+    encoder: str = knob("pair_cnn", "registered encoder (the recipe reference lists each with its "
+                        "parameters); its parameters are further keys of this section")
+    params: dict[str, Any] = knob(doc="the encoder's parameters; usually written as keys of `model:` itself",
+                                  factory=dict)
+    projection: list[int] | None = knob(
+        None, "projection head used only while pretraining, then dropped: its layer widths after the encoder "
+        "(none: the loss reads the encoder's features)", check=lambda v: all(1 <= w <= 65536 for w in v),
+        must="a list of widths between 1 and 65536")
+    projection_norm: Literal["none", "hidden", "all"] = knob(
+        "none", "batch norm in the projection head: hidden after each hidden layer (SimCLR v2, BYOL, MoCo v2, "
+        "NNCLR, Barlow Twins and VICReg heads), all also on the output without a learned scale (SimSiam)",
+        omit_if_default=True)
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "pair"
-    params: dict[str, Any] = field(default_factory=dict)
+    name: str = knob("pair", "registered objective (the recipe reference lists each with its "
+                     "parameters); its parameters are further keys of this section")
+    params: dict[str, Any] = knob(doc="the objective's parameters; usually written as keys of `objective:` itself",
+                                  factory=dict)
 
 
 @dataclass
 class MonitorConfig:
     """kNN accuracy of the encoder on fixed, seeded, class-balanced subsets, every N epochs."""
 
-    knn: int = 200
-    every: int = 1
-    train: int = 10000
-    test: int = 2000
+    knn: int = knob(200, "neighbours that vote", check=_at_least(1), must=">= 1")
+    every: int = knob(1, "epochs between measurements", check=_at_least(1), must=">= 1")
+    train: int = knob(10000, "train images embedded as the neighbours", check=_at_least(1), must=">= 1")
+    test: int = knob(2000, "test images classified", check=_at_least(1), must=">= 1")
 
 
 @dataclass
 class PretrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    lars_eta: float = field(default=0.001, metadata=OMIT_IF_DEFAULT)  # LARS trust coefficient
-    scheduler: Literal["none", "step", "cosine"] = "none"
-    step_size: int = 7
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    precision: Precision = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    sync_batchnorm: bool = False  # with several processes: batch-norm statistics over the global batch
-    augment: AugmentConfig | None = None
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = once per epoch
-    snapshot_every: int = 0  # epochs between encoder snapshots kept in the artifact (accuracy vs time); 0 = none
-    # progressive resizing: [[16, 10], [24, 8]] trains the first 10 epochs on images downscaled
-    # to 16×16, the next 8 at 24×24, the rest at full size; an epoch at side s costs about
-    # (s / size)² of a full one, and the early epochs learn coarse features as well at low size
-    progressive_resize: list[tuple[int, int]] = field(default_factory=list, metadata=OMIT_IF_DEFAULT)
-    # online kNN monitor (no projection head, no gradient, no augmentation); absent while unset
-    monitor: MonitorConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
-    # a time budget in minutes of training (0 = off): `epochs` is then planned from a short timed
-    # trial, as the whole epochs that fit, and the stored recipe holds the epochs planned beside
-    # the minutes asked for, so one budget may give other epochs (other encoders) on other machines
-    minutes: float = field(default=0.0, metadata=OMIT_IF_DEFAULT)
+    epochs: int = knob(10, "passes over the train images", check=_at_least(0), must=">= 0")
+    batch_size: int = knob(64, "images per step (each gives the objective's views)", check=_at_least(2),
+                           must=">= 2 (contrastive losses compare samples in a batch)")
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = knob("adam", "optimiser of the encoder and head")
+    lr: float = knob(1e-3, "learning rate (after warm-up, before the scheduler)", check=_positive, must="> 0")
+    weight_decay: float = knob(0.0, "L2 weight decay (decoupled for adamw)", check=_at_least(0), must=">= 0")
+    momentum: float = knob(0.9, "SGD's and LARS's momentum (not the momentum target's EMA rate: that is "
+                           "objective.target_momentum)", check=lambda v: 0 <= v < 1, must="in [0, 1)")
+    lars_eta: float = knob(0.001, "LARS trust coefficient", check=_positive, must="> 0", omit_if_default=True)
+    scheduler: Literal["none", "step", "cosine"] = knob("none", "learning-rate schedule over the epochs: none, "
+                                                        "step (times gamma every step_size epochs) or cosine to 0")
+    step_size: int = knob(7, "epochs between decays of the step scheduler", check=_at_least(1), must=">= 1")
+    gamma: float = knob(0.1, "factor of each decay of the step scheduler", check=_positive, must="> 0")
+    warmup_epochs: int = knob(0, "epochs of linear learning-rate warm-up from 0", check=_at_least(0), must=">= 0")
+    precision: Precision = knob("auto", "arithmetic: auto (bf16 where the device has it, fp16 on CUDA without "
+                                "it, else fp32), fp32, bf16 or fp16")
+    channels_last: bool = knob(False, "store images and activations channels-last (faster convolutions on GPUs)")
+    compile: bool = knob(False, "compile the model with torch.compile")
+    sync_batchnorm: bool = knob(False, "with several processes: batch-norm statistics over the global batch")
+    augment: AugmentConfig | None = knob(None, "view augmentations (objectives of two views; none: the dataset's "
+                                         "auto preset)")
+    checkpoint_every: int = knob(0, "steps between resumable checkpoints; 0 = once per epoch", check=_at_least(0),
+                                 must=">= 0")
+    snapshot_every: int = knob(0, "epochs between encoder snapshots kept in the artifact (accuracy vs time); "
+                               "0 = none", check=_at_least(0), must=">= 0")
+    progressive_resize: list[tuple[int, int]] = knob(
+        doc="progressive resizing: [[16, 10], [24, 8]] trains the first 10 epochs on images downscaled to 16×16, "
+        "the next 8 at 24×24, the rest at full size (sides >= 8 and growing, the last epoch at full size)",
+        factory=list, omit_if_default=True)
+    monitor: MonitorConfig | None = knob(None, "online kNN monitor of the encoder every few epochs (no projection "
+                                         "head, no gradient, no augmentation); none: off", omit_if_default=True)
+    minutes: float = knob(0.0, "a time budget in minutes of training (0 = off): epochs is then planned from a "
+                          "short timed trial as the whole epochs that fit", check=lambda v: 0 <= v <= 525_600,
+                          must="in [0, 525600] (0 = no budget; at most a year)", omit_if_default=True)
 
 
 @dataclass
 class ProbeConfig:
-    head: Literal["linear", "mlp"] = "linear"
-    hidden: list[int] = field(default_factory=lambda: [256])
-    epochs: int = 1
-    batch_size: int = 64
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    labels_per_class: int | None = None
-    labels: int | None = None
-    finetune: bool = False
-    finetune_lr_scale: float = 0.1
+    head: Literal["linear", "mlp"] = knob("linear", "classifier trained on the frozen encoder's features")
+    hidden: list[int] = knob(doc="hidden widths of the mlp head", factory=lambda: [256],
+                             check=lambda v: all(w >= 1 for w in v), must="a list of positive widths")
+    epochs: int = knob(1, "passes over the labelled train images", check=_at_least(0), must=">= 0")
+    batch_size: int = knob(64, "images per step", check=_at_least(1), must=">= 1")
+    optimizer: Literal["adam", "sgd"] = knob("adam", "optimiser of the head")
+    lr: float = knob(1e-3, "learning rate of the head", check=_positive, must="> 0")
+    weight_decay: float = knob(0.0, "L2 weight decay", check=_at_least(0), must=">= 0")
+    labels_per_class: int | None = knob(None, "train on this many labels per class (seeded, balanced); none: all",
+                                        check=_at_least(1), must=">= 1")
+    labels: int | None = knob(None, "train on this many labels in all (seeded, balanced); none: all",
+                              check=_at_least(1), must=">= 1")
+    finetune: bool = knob(False, "also train the encoder (at lr × finetune_lr_scale) instead of freezing it")
+    finetune_lr_scale: float = knob(0.1, "the encoder's learning rate as a fraction of lr when fine-tuning",
+                                    check=_positive, must="> 0")
 
 
 @dataclass
 class EvaluateConfig:
-    pairs: int = 10048
-    knn_k: int = 10
-    knn_metric: Literal["cosine", "euclidean"] = "cosine"
-    knn_vote: Literal["majority", "distance"] = "majority"
-    knn_temperature: float = 0.07
+    pairs: int = knob(10048, "test pairs of pair verification (objectives with a verify rule)", check=_at_least(2),
+                      must=">= 2")
+    knn_k: int = knob(10, "neighbours of the kNN classifier (clt evaluate --knn overrides it)", check=_at_least(1),
+                      must=">= 1")
+    knn_metric: Literal["cosine", "euclidean"] = knob("cosine", "distance of the kNN classifier")
+    knn_vote: Literal["majority", "distance"] = knob("majority", "kNN vote: one vote each, or weighted by "
+                                                     "exp(similarity / knn_temperature)")
+    knn_temperature: float = knob(0.07, "temperature of the distance-weighted vote", check=_positive, must="> 0")
 
 
 @dataclass
 class Recipe:
-    name: str = "recipe"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    name: str = knob("recipe", "the recipe's name: later commands take it to mean its latest artifact, e.g. "
+                     "`clt probe NAME` (default: the file name)")
+    seed: int = knob(0, "seed of every random choice (init, batches, views, subsets)",
+                     check=lambda v: 0 <= v < 2**32, must="in [0, 2**32)")
+    data: DataConfig = knob(doc="what to train on", factory=DataConfig)
+    model: ModelConfig = knob(doc="the encoder, and the projection head used while pretraining",
+                              factory=ModelConfig)
+    objective: ObjectiveConfig = knob(doc="the contrastive loss", factory=ObjectiveConfig)
+    pretrain: PretrainConfig = knob(doc="training the encoder (clt pretrain)", factory=PretrainConfig)
+    probe: ProbeConfig = knob(doc="the classifier on the frozen encoder (clt probe)", factory=ProbeConfig)
+    evaluate: EvaluateConfig = knob(doc="measuring probes and encoders (clt evaluate)", factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
 
+SECTIONS = ("data", "model", "objective", "pretrain", "probe", "evaluate")
 # Sections whose registered name selects a parameter dataclass: section -> (name key).
 _NAMED_SECTIONS = {"model": "encoder", "objective": "name"}
-# Range checks: (section, key) -> (predicate, what it must be).
-_RANGES: dict[tuple[str, str], tuple[typing.Callable[[Any], bool], str]] = {
-    ("pretrain", "epochs"): (lambda v: v >= 0, ">= 0"),
-    ("pretrain", "minutes"): (lambda v: 0 <= v <= 525_600, "in [0, 525600] (0 = no budget; at most a year)"),
-    ("pretrain", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("pretrain", "lars_eta"): (lambda v: v > 0, "> 0"),
-    ("pretrain", "monitor"): (lambda v: v is None or (v.knn >= 1 and v.every >= 1 and v.train >= 1 and v.test >= 1),
-                              "a mapping of knn, every, train and test, each >= 1"),
-    ("pretrain", "batch_size"): (lambda v: v >= 2, ">= 2 (contrastive losses compare samples in a batch)"),
-    ("pretrain", "lr"): (lambda v: v > 0, "> 0"),
-    ("pretrain", "weight_decay"): (lambda v: v >= 0, ">= 0"),
-    ("pretrain", "gamma"): (lambda v: v > 0, "> 0"),
-    ("pretrain", "step_size"): (lambda v: v >= 1, ">= 1"),
-    ("pretrain", "warmup_epochs"): (lambda v: v >= 0, ">= 0"),
-    ("pretrain", "checkpoint_every"): (lambda v: v >= 0, ">= 0"),
-    ("pretrain", "snapshot_every"): (lambda v: v >= 0, ">= 0"),
-    ("data", "train_limit"): (lambda v: v >= 0, ">= 0 (0 = every train image)"),
-    ("probe", "epochs"): (lambda v: v >= 0, ">= 0"),
-    ("probe", "batch_size"): (lambda v: v >= 1, ">= 1"),
-    ("probe", "lr"): (lambda v: v > 0, "> 0"),
-    ("probe", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),
-    ("probe", "labels"): (lambda v: v is None or v >= 1, ">= 1"),
-    ("probe", "hidden"): (lambda v: all(w >= 1 for w in v), "a list of positive widths"),
-    ("evaluate", "pairs"): (lambda v: v >= 2, ">= 2"),
-    ("evaluate", "knn_k"): (lambda v: v >= 1, ">= 1"),
-    ("evaluate", "knn_temperature"): (lambda v: v > 0, "> 0"),
-    ("model", "projection"): (lambda v: v is None or all(1 <= w <= 65536 for w in v),
-                              "a list of widths between 1 and 65536"),
+# Keys renamed for clarity: old dotted key -> new one. A recipe or --set that uses the old one is
+# refused with the new name; a stored artifact's recipe (written before) is read with it renamed.
+RENAMED = {
+    "objective.momentum": "objective.target_momentum",
+    "objective.momentum_schedule": "objective.target_momentum_schedule",
 }
+WHY_RENAMED = {"objective.momentum": "the momentum target's EMA rate; pretrain.momentum is the optimiser's"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -383,7 +409,10 @@ class _LazyLoader:
 _RecipeLoader = _LazyLoader()
 
 
-def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typing.Iterable[str] = ()) -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typing.Iterable[str] = (),
+                     stored: bool = False) -> Recipe:
+    """A validated Recipe. `stored`: `raw` is a stored artifact's recipe, which may hold keys of
+    RENAMED under their old names (written before the rename): those are read under the new ones."""
     import copy
 
     if not isinstance(raw, dict):
@@ -393,6 +422,7 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "recipe", overrides: typi
     for item in overrides:
         apply_override(raw, item, where)
     raw = _fold_named_sections(raw, where)
+    _renamed_keys(raw, where, stored)
     recipe = from_dict(Recipe, raw, where, "")
     _check_ranges(recipe, where)
     _check_registered(recipe, where)
@@ -468,6 +498,31 @@ def _fold_named_sections(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return raw
 
 
+def _renamed_keys(raw: dict[str, Any], where: str, stored: bool) -> None:
+    """Refuse a key of RENAMED under its old name, naming the new one; for a stored recipe, rename it."""
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        params = raw.get(section, {}).get("params", {}) if isinstance(raw.get(section), dict) else {}
+        if not isinstance(params, dict) or key not in params:
+            continue
+        if stored:
+            params.setdefault(new.split(".")[1], params.pop(key))
+            continue
+        why = f" ({WHY_RENAMED[old]})" if old in WHY_RENAMED else ""
+        raise RecipeError(f"{where}: {old} has been renamed {new}{why}",
+                          f"write {new} instead, in the recipe or with --set {new}=...")
+
+
+def params_of(cls: type, plain: dict[str, Any]) -> Any:
+    """Rebuild a registry parameter dataclass from its stored plain form (old names of RENAMED read
+    under the new ones: artifacts stored before a rename keep loading)."""
+    plain = dict(plain)
+    for old, new in RENAMED.items():
+        if old.split(".")[1] in plain:
+            plain.setdefault(new.split(".")[1], plain.pop(old.split(".")[1]))
+    return _typed_params_of(cls, plain)
+
+
 def _check_registered(recipe: Recipe, where: str) -> None:
     """Names must be registered; registry parameters are validated against their dataclasses."""
     from clt.registry import ENCODERS, OBJECTIVES
@@ -487,6 +542,7 @@ def _registered_params(registry, name: str, params: dict[str, Any], where: str, 
         raise RecipeError(f"{where}: {section}.{key} {short(name)} is not a registered {registry.kind}",
                           did_you_mean(name, registry.names()))
     typed = from_dict(entry.params, params, where, section)
+    check_fields(typed, where, section)
     check = getattr(typed, "check", None)
     problem = check() if check is not None else None
     if problem:
@@ -511,18 +567,11 @@ def _check_ranges(recipe: Recipe, where: str) -> None:
             recipe.name.split("-")[0] in RESERVED_NAMES:
         raise RecipeError(f"{where}: name {short(recipe.name)} is not a usable recipe name",
                           "use 1-100 letters, digits, '.', '_' or '-' (not 'latest', 'dataset' or 'memo')")
-    if not 0 <= recipe.seed < 2**32:
-        raise RecipeError(f"{where}: seed = {recipe.seed} is out of range: it must be in [0, 2**32)",
-                          "pick a smaller seed")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", recipe.data.dataset):
         raise RecipeError(f"{where}: data.dataset {short(recipe.data.dataset)} is not a dataset name",
                           "use the name given to `clt download` (letters, digits, '.', '_', '-')")
+    check_fields(recipe, where, "")  # every knob's range, from its field metadata
     _check_progressive_resize(recipe.pretrain, where)
-    for (section, key), (ok, must) in _RANGES.items():
-        value = getattr(getattr(recipe, section), key)
-        if not ok(value):
-            raise RecipeError(f"{where}: {section}.{key} = {short(value)} is out of range: it must be {must}",
-                              f"change {section}.{key} in the recipe or with --set {section}.{key}=...")
 
 
 def _check_progressive_resize(cfg: PretrainConfig, where: str) -> None:

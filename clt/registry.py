@@ -81,7 +81,7 @@ class ObjectiveEntry:
     extra: dict[str, Any] = field(default_factory=dict)
     reads_views: bool = False  # the loss takes clt.methods.ViewOutputs (predictor, target, queue)
     predictor: bool = False  # a predictor head on the projections (params.predictor_hidden; 0: none)
-    target: bool = False  # a momentum (EMA) target network (params.momentum, momentum_schedule)
+    target: bool = False  # a momentum (EMA) target network (params.target_momentum, target_momentum_schedule)
     queue: str | None = None  # rows kept across steps, from "target" or "online" (params.queue_size)
     gather: bool = True  # with several processes, the loss sees every rank's rows
     # the loss ignores an offset shared by every embedding (it centres or standardises each
@@ -123,6 +123,15 @@ def register_objective(name: str, params: type = NoParams, *, views: int = 1, us
         return fn
 
     return deco
+
+
+def summary(entry: EncoderEntry | ObjectiveEntry) -> str:
+    """One line on what an entry is: an objective's module docstring (one module per method, naming
+    the paper), else the first line of the function's own."""
+    import sys
+
+    module = sys.modules.get(getattr(entry, "loss", None).__module__) if isinstance(entry, ObjectiveEntry) else None
+    return _first_line(module.__doc__) if module is not None and module.__doc__ else entry.doc
 
 
 def _first_line(doc: str | None) -> str:

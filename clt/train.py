@@ -75,8 +75,8 @@ def collapse_advice(params: Any, lr: float, objective: ObjectiveEntry | None = N
     knobs.append(f"lower pretrain.lr (now {lr:g})")
     if getattr(params, "temperature", None) is not None:
         knobs.append(f"raise objective.temperature (now {params.temperature:g})")
-    if getattr(params, "momentum", None) is not None:
-        knobs.append(f"slow the target with a higher objective.momentum (now {params.momentum:g})")
+    if getattr(params, "target_momentum", None) is not None:
+        knobs.append(f"slow the target with a higher objective.target_momentum (now {params.target_momentum:g})")
     knobs.append("strengthen pretrain.augment")
     return _one_of(knobs) + _known_recipe(objective)
 
@@ -183,8 +183,8 @@ def length_dependence(cfg: PretrainConfig, objective: ObjectiveEntry, params: An
     finished run can be extended to more epochs and end exactly where the longer run would)."""
     if cfg.scheduler == "cosine":
         return "its cosine learning-rate schedule spans all the epochs"
-    if objective.target and str(getattr(params, "momentum_schedule", "cosine")) != "constant":
-        return "its target momentum rises over all the epochs (momentum_schedule cosine)"
+    if objective.target and str(getattr(params, "target_momentum_schedule", "cosine")) != "constant":
+        return "its target momentum rises over all the epochs (target_momentum_schedule cosine)"
     return None
 
 

@@ -357,7 +357,7 @@ def test_kill_loop_leaves_only_complete_artifacts(store_copy: Trained, tmp_path:
             return root, ["probe", encoder, "--epochs", "3", "--seed", str(rng.randrange(10_000))]
         if kind == "embed":
             return root, ["embed", encoder, "--split", rng.choice(["train", "test"])] + \
-                (["--projector"] if rng.random() < 0.5 else [])
+                (["--tensorboard-projector"] if rng.random() < 0.5 else [])
         return downloads, ["download", "digits"]
 
     interrupted, outcomes = 0, []

@@ -157,7 +157,7 @@ def test_queue_is_a_ring_that_keeps_the_newest_rows():
 
 def test_momentum_target_moves_towards_the_online_network():
     online = nn.Linear(3, 2)
-    parts = MethodParts(OBJECTIVES["byol"], OBJECTIVES["byol"].params(momentum=0.9), online, 2, 0)
+    parts = MethodParts(OBJECTIVES["byol"], OBJECTIVES["byol"].params(target_momentum=0.9), online, 2, 0)
     before = parts.target.network.weight.clone()
     with torch.no_grad():
         online.weight.add_(1.0)
@@ -239,7 +239,7 @@ def test_collapse_advice_names_only_the_knobs_the_objective_has(name):
     advice = collapse_advice(params, lr=0.3)
     assert "pretrain.lr (now 0.3)" in advice and "pretrain.augment" in advice
     assert ("objective.temperature" in advice) == hasattr(params, "temperature")
-    assert ("objective.momentum" in advice) == hasattr(params, "momentum")
+    assert ("objective.target_momentum" in advice) == hasattr(params, "target_momentum")
     assert "predictor" not in advice  # every default that has a predictor keeps it
 
 

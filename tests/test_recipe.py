@@ -391,7 +391,7 @@ def test_a_recipe_says_only_what_differs_from_its_base(tmp_path: Path):
           "objective: {name: simclr, temperature: 0.5}\n"
           "pretrain: {epochs: 10, batch_size: 256, lr: 0.3, optimizer: sgd}\n", "bases/shared.yaml")
     own = write(tmp_path, "base: bases/shared.yaml\nmodel: {projection: [64, 32]}\n"
-                "objective: {name: byol, momentum: 0.996}\npretrain: {lr: 0.1}\n", "mine.yaml")
+                "objective: {name: byol, target_momentum: 0.996}\npretrain: {lr: 0.1}\n", "mine.yaml")
     recipe = load_recipe(own)
     assert recipe.name == "mine"  # its own file's name, not the base's
     assert (recipe.model.params["depth"], recipe.model.projection) == (20, [64, 32])

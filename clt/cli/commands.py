@@ -176,6 +176,11 @@ def _emit_many(outcomes: list, json_out: bool = False) -> None:
             print(outcome.id)
 
 
+def _renamed(old: str, new: str, why: str) -> None:
+    """Refuse an option's old spelling, naming the new one (exit 2, as every usage error)."""
+    raise CltError(f"{old} has been renamed {new} ({why})", f"write {new} instead")
+
+
 def _parse_seeds(seeds: Optional[str], seed: Optional[int]) -> list[Optional[int]]:
     if seeds is None:
         return [seed]
@@ -215,7 +220,7 @@ def download(
     test.paths.jsonl in the dataset), so embed, index, search and predict --knn name the files; the
     built-in datasets and IDX or CIFAR-10 batch files have none, and their images are named by row.
 
-    Example: clt download mnist --from ../shared/datasets/mnist
+    Example: clt download mnist --from PATH/TO/mnist
     """
     def go():
         return _api().download(name, source, size=_parse_size(size), mirrors=list(mirror) or None, **_opts())
@@ -233,6 +238,28 @@ def _parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
         return h, w
     except ValueError:
         raise CltError(f"--size '{size}' is not HxW", "write e.g. --size 32x32") from None
+
+
+@app.command()
+def init(
+    recipe: str = typer.Argument(..., help="The recipe file to write, e.g. my_recipe.yaml (its name is the "
+                                 "recipe's name)."),
+    dataset: str = typer.Option(..., "--dataset", help="A stored dataset: digits, or one brought in with clt "
+                                "download."),
+    objective: str = typer.Option(..., "--objective", help="A registered objective, e.g. simclr, byol, moco, "
+                                  "vicreg, supcon, triplet (an unknown name lists them)."),
+    force: bool = typer.Option(False, "--force", help="Replace the file if it exists."),
+) -> None:
+    """Write a commented recipe for a stored dataset, from the objective's shipped, tested recipe.
+
+    The dataset decides what fits it: the digits recipe for grayscale images, the CIFAR-10 one for
+    colour, ResNet-18 from 64 pixels a side, a smaller batch for few images, and no probe or
+    evaluate section without labels (objectives that need labels are refused). Each key's comment
+    says what it does; prints the file's path.
+
+    Example: clt init my_recipe.yaml --dataset digits --objective simclr && clt pretrain my_recipe.yaml
+    """
+    print(_run(lambda: _api().init(recipe, dataset=dataset, objective=objective, force=force, store=_store())))
 
 
 @app.command()
@@ -275,7 +302,7 @@ def pretrain(
 def probe(
     encoder: Optional[str] = typer.Argument(None, help="Encoder id, prefix, ref or recipe name (default: latest)."),
     head: Optional[str] = typer.Option(None, "--head", help="linear or mlp."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the labelled images (sets probe.epochs)."),
     labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="Train on N labels per "
                                                    "class (seeded, balanced)."),
     labels: Optional[int] = typer.Option(None, "--labels", help="Train on N labels in all, balanced."),
@@ -369,21 +396,26 @@ def embed(
     out: Optional[str] = typer.Option(None, "--out", help="With --images: write a plain FILE.npy (plus "
                                       "FILE.paths.jsonl, one JSON string per row) or FILE.csv instead of an "
                                       "artifact."),
-    projector: bool = typer.Option(False, "--projector", help="Also write vectors.tsv + metadata.tsv for the "
-                                   "TensorBoard Embedding Projector."),
+    tensorboard_projector: bool = typer.Option(False, "--tensorboard-projector", help="Also write vectors.tsv + "
+                                               "metadata.tsv for the TensorBoard Embedding Projector."),
+    old_projector: bool = typer.Option(False, "--projector", hidden=True),
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Write an encoder's embeddings of a split, or of new images, as .npy; prints the embeddings' id.
 
-    Example: clt embed ENCODER --images my_photos/
+    Example: clt embed ENCODER --images PATH/TO/photos/
     """
+    if old_projector:
+        _run(lambda: _renamed("--projector", "--tensorboard-projector", "it writes the TensorBoard Embedding "
+                              "Projector's files, not the projection head"))
+
     def go():
         ref, paths = _split_images(encoder, list(more or []), list(images))
         if not paths:
             if more or out:
                 raise CltError("image paths or --out without --images", "write e.g. clt embed ENCODER --images DIR")
-            return _api().embed(ref, split=split, projector=projector, **_opts(device))
+            return _api().embed(ref, split=split, projector=tensorboard_projector, **_opts(device))
         return _api().embed(ref, images=paths, out=out, **_opts(device))
 
     made = _run(go)
@@ -413,7 +445,8 @@ def _is_image_input(value: str) -> bool:
 def tsne(
     embeddings: Optional[str] = typer.Argument(None, help="Embeddings artifact (default: latest)."),
     pca: bool = typer.Option(False, "--pca", help="PCA instead of t-SNE (fast)."),
-    perplexity: float = typer.Option(30.0, "--perplexity"),
+    perplexity: float = typer.Option(30.0, "--perplexity", help="t-SNE perplexity: about how many neighbours "
+                                     "each point keeps close."),
     max_points: int = typer.Option(5000, "--max-points", help="Draw a seeded sample of at most this many."),
     thumbnails: bool = typer.Option(False, "--thumbnails", help="Draw small images at up to 200 points "
                                     "(a seeded sample)."),
@@ -471,7 +504,9 @@ def index(
     source: Optional[str] = typer.Argument(None, help="Encoder (its --split embeddings) or embeddings artifact "
                                            "(default: latest encoder)."),
     split: str = typer.Option("train", "--split", help="train or test."),
-    kind: str = typer.Option("exact", "--kind", help="exact, hnsw or ivf (FAISS, approximate, for millions)."),
+    index_type: str = typer.Option("exact", "--type", help="exact, hnsw or ivf (FAISS, approximate, for "
+                                   "millions)."),
+    old_kind: Optional[str] = typer.Option(None, "--kind", hidden=True),
     metric: str = typer.Option("cosine", "--metric", help="cosine or euclidean."),
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
@@ -481,9 +516,12 @@ def index(
     The index keeps the embeddings' names: file names for a dataset imported from a folder or
     tarball, or for `embed --images`; for a built-in dataset's split, row numbers.
 
-    Example: clt index latest-encoder --kind hnsw
+    Example: clt index latest-encoder --type hnsw
     """
-    _emit(_run(lambda: _api().index(source, split=split, kind=kind, metric=metric, **_opts(device))), json_out)
+    if old_kind is not None:
+        _run(lambda: _renamed("--kind", "--type", "`ls --kind` filters artifact kinds; an index has a type"))
+    _emit(_run(lambda: _api().index(source, split=split, kind=index_type, metric=metric, **_opts(device))),
+          json_out)
 
 
 @app.command()
@@ -544,9 +582,10 @@ app.add_typer(baseline_app, name="baseline")
 @baseline_app.command("scratch")
 def baseline_scratch(
     recipe: str = typer.Argument(..., help="The recipe whose encoder and probe settings to train from scratch."),
-    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class"),
-    labels: Optional[int] = typer.Option(None, "--labels"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="Train on N labels per "
+                                                   "class (seeded, balanced)."),
+    labels: Optional[int] = typer.Option(None, "--labels", help="Train on N labels in all, balanced."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the labelled images (sets probe.epochs)."),
     augment: str = typer.Option("none", "--augment", metavar="PRESET",
                                 help="Augment every batch with a named preset (digits, cifar_crop, ...; an "
                                 "unknown name lists them all; auto picks by dataset)."),
@@ -572,9 +611,9 @@ def baseline_scratch(
 @baseline_app.command("logreg")
 def baseline_logreg(
     dataset: str = typer.Argument(..., help="A stored dataset name, e.g. cifar10."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the train images."),
     set_: list[str] = typer.Option([], "--set", help="Override a probe key, e.g. --set lr=0.01."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
     device: str = DEVICE_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from clt.registry import register_encoder
+from clt.typed import knob
 
 
 def _out_dim(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
@@ -35,10 +36,8 @@ class Encoder(nn.Module):
 
 @dataclass
 class PairCNNParams:
-    features: int = 128
-
-    def check(self) -> str | None:
-        return None if self.features >= 1 else f"pair_cnn features = {self.features} must be >= 1"
+    features: int = knob(128, "width of the output features (the last Linear layer)", check=lambda v: v >= 1,
+                         must=">= 1")
 
 
 @register_encoder("pair_cnn", PairCNNParams)
@@ -60,16 +59,10 @@ def pair_cnn(params: PairCNNParams, in_shape: tuple[int, int, int]) -> nn.Module
 
 @dataclass
 class CosineCNNParams:
-    features: int = 64
-    hidden: int = 512
-    dropout: float = 0.3
-
-    def check(self) -> str | None:
-        if self.features < 1 or self.hidden < 1:
-            return f"cosine_cnn features and hidden must be >= 1 (got {self.features}, {self.hidden})"
-        if not 0 <= self.dropout < 1:
-            return f"cosine_cnn dropout = {self.dropout} must be in [0, 1)"
-        return None
+    features: int = knob(64, "width of the output features", check=lambda v: v >= 1, must=">= 1")
+    hidden: int = knob(512, "width of the hidden Linear layer", check=lambda v: v >= 1, must=">= 1")
+    dropout: float = knob(0.3, "dropout probability after each convolution block", check=lambda v: 0 <= v < 1,
+                          must="in [0, 1)")
 
 
 @register_encoder("cosine_cnn", CosineCNNParams)
@@ -90,8 +83,9 @@ def cosine_cnn(params: CosineCNNParams, in_shape: tuple[int, int, int]) -> nn.Mo
 
 @dataclass
 class ResNetParams:
-    cifar_stem: bool = False
-    zero_init_residual: bool = False
+    cifar_stem: bool = knob(False, "SimCLR's CIFAR stem: a 3×3 stride-1 first convolution and no max-pool "
+                            "(for 32×32 images)")
+    zero_init_residual: bool = knob(False, "start each residual block's last batch-norm scale at 0")
 
 
 def _torchvision_resnet(arch: str, params: ResNetParams, in_shape: tuple[int, int, int]) -> nn.Module:
@@ -140,15 +134,10 @@ class _BasicBlock(nn.Module):
 
 @dataclass
 class CifarResNetParams:
-    depth: int = 20  # 6n + 2: 20, 32, 44, 56
-    width: int = 16  # channels of the first stage; stages use width, 2·width, 4·width
-
-    def check(self) -> str | None:
-        if self.depth < 8 or (self.depth - 2) % 6:
-            return f"cifar_resnet depth {self.depth} is not 6n+2 (20, 32, 44, 56, ...)"
-        if self.width < 1:
-            return "cifar_resnet width must be >= 1"
-        return None
+    depth: int = knob(20, "layers: 6n + 2 (20, 32, 44, 56, ...)", check=lambda v: v >= 8 and (v - 2) % 6 == 0,
+                      must="6n + 2 with n >= 1 (20, 32, 44, 56, ...)")
+    width: int = knob(16, "channels of the first stage; the stages use width, 2·width, 4·width (4·width features)",
+                      check=lambda v: v >= 1, must=">= 1")
 
 
 @register_encoder("cifar_resnet", CifarResNetParams)

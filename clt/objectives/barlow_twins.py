@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class BarlowTwinsParams:
-    lambda_offdiag: float = 0.0051  # the paper's λ
-
-    def check(self) -> str | None:
-        return None if self.lambda_offdiag >= 0 else f"lambda_offdiag = {self.lambda_offdiag} must be >= 0"
+    lambda_offdiag: float = knob(0.0051, "weight λ of the off-diagonal (redundancy) terms against the diagonal "
+                                 "(invariance) ones; the paper's 0.0051", check=lambda v: v >= 0, must=">= 0")
 
 
 def batch_standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

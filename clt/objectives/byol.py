@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from clt.objectives.moco import momentum_error
+from clt.objectives.moco import TARGET_MOMENTUM_DOC, TARGET_SCHEDULE_DOC
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class BYOLParams:
-    predictor_hidden: int = 512
-    momentum: float = 0.99
-    momentum_schedule: str = "cosine"
-
-    def check(self) -> str | None:
-        return momentum_error(self.momentum, self.momentum_schedule)
+    predictor_hidden: int = knob(512, "hidden width of the predictor on the online projections (0: none)",
+                                 check=lambda v: v >= 0, must=">= 0")
+    target_momentum: float = knob(0.99, TARGET_MOMENTUM_DOC, check=lambda v: 0 <= v < 1, must="in [0, 1)")
+    target_momentum_schedule: Literal["constant", "cosine"] = knob("cosine", TARGET_SCHEDULE_DOC)
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from clt.objectives.mining import all_pairs
 from clt.objectives.pair import balanced_mean
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class CosinePairParams:
-    balance: bool = True  # half same-class, half different, as published
+    balance: bool = knob(True, "weigh same-class and different-class pairs equally, as published")
 
 
 def verify_cosine(fa: torch.Tensor, fb: torch.Tensor, params: CosinePairParams) -> torch.Tensor:

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from clt.registry import register_objective
+from clt.typed import knob
+
+# the momentum target's knobs, shared by MoCo and BYOL (pretrain.momentum is the optimiser's)
+TARGET_MOMENTUM_DOC = ("EMA rate of the momentum target: after each step target = m·target + (1 − m)·online "
+                       "(higher: a slower target)")
+TARGET_SCHEDULE_DOC = "constant, or cosine: BYOL's rise of the EMA rate from target_momentum to 1 over training"
 
 
 @dataclass
 class MoCoParams:
-    temperature: float = 0.2
-    queue_size: int = 4096
-    momentum: float = 0.99  # the paper's 0.999 suits its 800 epochs; short runs need a faster target
-    momentum_schedule: str = "constant"
-
-    def check(self) -> str | None:
-        if self.temperature <= 0:
-            return f"temperature = {self.temperature} must be > 0"
-        if self.queue_size < 1:
-            return f"queue_size = {self.queue_size} must be >= 1"
-        return momentum_error(self.momentum, self.momentum_schedule)
-
-
-def momentum_error(momentum: float, schedule: str) -> str | None:
-    """What is wrong with a momentum target's parameters (MoCo's, BYOL's), or None."""
-    if not 0 <= momentum < 1:
-        return f"momentum = {momentum} must be in [0, 1)"
-    return None if schedule in ("constant", "cosine") else f"momentum_schedule '{schedule}' is not constant or cosine"
+    temperature: float = knob(0.2, "softmax temperature of InfoNCE", check=lambda v: v > 0, must="> 0")
+    queue_size: int = knob(4096, "earlier keys kept as negatives", check=lambda v: v >= 1, must=">= 1")
+    # the paper's 0.999 suits its 800 epochs; short runs need a faster target
+    target_momentum: float = knob(0.99, TARGET_MOMENTUM_DOC, check=lambda v: 0 <= v < 1, must="in [0, 1)")
+    target_momentum_schedule: Literal["constant", "cosine"] = knob("constant", TARGET_SCHEDULE_DOC)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -9,18 +9,17 @@ import torch.nn.functional as F
 
 from clt.objectives.moco import info_nce
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class NNCLRParams:
-    temperature: float = 0.1
-    queue_size: int = 4096  # the support set
-    predictor_hidden: int = 512
+    temperature: float = knob(0.1, "softmax temperature", check=lambda v: v > 0, must="> 0")
+    queue_size: int = knob(4096, "rows of the support set the nearest neighbours are drawn from",
+                           check=lambda v: v >= 1, must=">= 1")
+    predictor_hidden: int = knob(512, "hidden width of the predictor on the online projections (0: none)",
+                                 check=lambda v: v >= 0, must=">= 0")
 
-    def check(self) -> str | None:
-        if self.temperature <= 0:
-            return f"temperature = {self.temperature} must be > 0"
-        return None if self.queue_size >= 1 else f"queue_size = {self.queue_size} must be >= 1"
 
 
 def nearest_neighbour(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

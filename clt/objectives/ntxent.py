@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class NTXentParams:
-    temperature: float = 0.5
+    temperature: float = knob(0.5, "softmax temperature of NT-Xent (lower: sharper, harder negatives)",
+                              check=lambda v: v > 0, must="> 0")
 
-    def check(self) -> str | None:
-        return None if self.temperature > 0 else f"temperature = {self.temperature} must be > 0"
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:

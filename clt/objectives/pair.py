@@ -8,17 +8,16 @@ import torch
 
 from clt.objectives.mining import all_pairs, squared_distances
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class PairParams:
-    margin: float = 1.0
-    # weigh same-class and different-class pairs equally: in a 10-class batch only ~10 % of
-    # pairs share a class, and an unbalanced mean mostly learns to push apart
-    balance: bool = True
+    margin: float = knob(1.0, "distance beyond which different-class pairs are no longer pushed apart",
+                         check=lambda v: v > 0, must="> 0")
+    # in a 10-class batch only ~10 % of pairs share a class, and an unbalanced mean mostly learns to push apart
+    balance: bool = knob(True, "weigh same-class and different-class pairs equally")
 
-    def check(self) -> str | None:
-        return None if self.margin > 0 else f"margin = {self.margin} must be > 0"
 
 
 def pair_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class SimSiamParams:
-    predictor_hidden: int = 128  # the paper's bottleneck: a quarter of the projection width; 0: none
+    predictor_hidden: int = knob(128, "hidden width of the predictor (the paper's bottleneck: a quarter of the "
+                                 "projection width); 0: none, which collapses", check=lambda v: v >= 0, must=">= 0")
 
-    def check(self) -> str | None:
-        return None if self.predictor_hidden >= 0 else f"predictor_hidden = {self.predictor_hidden} must be >= 0"
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

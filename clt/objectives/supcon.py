@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class SupConParams:
-    temperature: float = 0.1
+    temperature: float = knob(0.1, "softmax temperature", check=lambda v: v > 0, must="> 0")
 
-    def check(self) -> str | None:
-        return None if self.temperature > 0 else f"temperature = {self.temperature} must be > 0"
 
 
 def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -9,16 +9,17 @@ import torch
 
 from clt.objectives.mining import TRIPLET_MINERS, class_masks, squared_distances
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class TripletParams:
-    margin: float = 0.2
-    mining: Literal["random", "batch_all", "batch_hard", "semi_hard"] = "batch_all"
-    normalize: bool = True  # L2-normalise embeddings first, so the margin has a fixed scale
-
-    def check(self) -> str | None:
-        return None if self.margin > 0 else f"margin = {self.margin} must be > 0"
+    margin: float = knob(0.2, "α: how much farther the negative must be than the positive (squared distances)",
+                         check=lambda v: v > 0, must="> 0")
+    mining: Literal["random", "batch_all", "batch_hard", "semi_hard"] = knob(
+        "batch_all", "which in-batch triplets count: one random per anchor, all, the hardest per anchor "
+        "(Hermans et al.), or FaceNet's semi-hard")
+    normalize: bool = knob(True, "L2-normalise embeddings first, so the margin has a fixed scale")
 
 
 def verify_triplet(fa: torch.Tensor, fb: torch.Tensor, params: TripletParams) -> torch.Tensor:

@@ -8,18 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from clt.registry import register_objective
+from clt.typed import knob
 
 
 @dataclass
 class VICRegParams:
-    invariance: float = 25.0  # λ
-    variance: float = 25.0  # μ
-    covariance: float = 1.0  # ν
-    eps: float = 1e-4
-
-    def check(self) -> str | None:
-        bad = [name for name in ("invariance", "variance", "covariance", "eps") if getattr(self, name) < 0]
-        return f"{', '.join(bad)} must be >= 0" if bad else None
+    invariance: float = knob(25.0, "λ: weight of the mean squared distance between the two views' embeddings",
+                             check=lambda v: v >= 0, must=">= 0")
+    variance: float = knob(25.0, "μ: weight of the hinge that keeps each dimension's standard deviation at 1",
+                           check=lambda v: v >= 0, must=">= 0")
+    covariance: float = knob(1.0, "ν: weight of the squared off-diagonal covariances (decorrelation)",
+                             check=lambda v: v >= 0, must=">= 0")
+    eps: float = knob(1e-4, "added to the variance before its square root", check=lambda v: v >= 0, must=">= 0")
 
 
 def variance_hinge(z: torch.Tensor, eps: float) -> torch.Tensor:

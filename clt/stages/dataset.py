@@ -18,7 +18,7 @@ def download(ctx: Context, name: str, source: str | None = None, size: tuple[int
              mirrors: list[str] | None = None) -> Outcome:
     """Fetch or import a dataset and store it once as uint8 arrays.
 
-    Example: download(ctx, "mnist", "../shared/datasets/mnist").artifact.manifest["dataset"]["train"] == 60000
+    Example: download(ctx, "mnist", "PATH/TO/mnist").artifact.manifest["dataset"]["train"] == 60000
     """
     from clt.data.sources import fetch
 

@@ -16,7 +16,7 @@ def stored_recipe(artifact: Artifact, overrides: list[str]):
     """The recipe an artifact was built from, parsed again (with overrides)."""
     from clt.recipe import recipe_from_dict
 
-    return recipe_from_dict(artifact.recipe or {}, f"recipe of {artifact.short}", overrides)
+    return recipe_from_dict(artifact.recipe or {}, f"recipe of {artifact.short}", overrides, stored=True)
 
 
 def plain(obj: Any) -> Any:

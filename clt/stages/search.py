@@ -35,7 +35,7 @@ def build_index(ctx: Context, ref: str | None, split: str = "train", kind: str =
     Example: build_index(ctx, encoder_id, kind="hnsw").artifact.manifest["index"]["count"]
     """
     if kind not in INDEX_KINDS:
-        raise CltError(f"--kind {kind} is not an index kind", f"use one of: {', '.join(INDEX_KINDS)}")
+        raise CltError(f"--type {kind} is not an index type", f"use one of: {', '.join(INDEX_KINDS)}")
     if metric not in METRICS:
         raise CltError(f"--metric {metric} is not allowed", f"use one of: {', '.join(METRICS)}")
     target = ctx.store.resolve_named(ref, ("encoder", "embeddings"), hint="train an encoder first: clt pretrain")
@@ -73,7 +73,7 @@ def faiss_module():
         import faiss
     except ImportError:
         raise CltError("approximate indexes need FAISS, which is not installed",
-                       "pip install 'clt[index]' (faiss-cpu), or use --kind exact") from None
+                       "pip install 'clt[index]' (faiss-cpu), or use --type exact") from None
     return faiss
 
 
