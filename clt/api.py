@@ -99,7 +99,8 @@ def download(name: str, source: str | Path | None = None, *, size: tuple[int, in
 
 def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | None = None, resume: bool = True,
              device: str = "auto", precision: str | None = None, minutes: float | None = None,
-             store: StoreLike = None, progress: ProgressCallback | None = None) -> Result | None:
+             tensorboard: str | Path | None = None, store: StoreLike = None,
+             progress: ProgressCallback | None = None) -> Result | None:
     """Train an encoder with a recipe's objective (None on ranks other than 0 of a distributed run).
     Raises clt.DivergenceError when the loss turns NaN or infinite (the last good checkpoint is kept).
 
@@ -108,11 +109,16 @@ def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | N
     recipe holds the epochs planned and the minutes, so one budget can give other epochs (another
     encoder) on another machine. Refused with progressive resizing and below one epoch.
 
+    Every run streams its metrics to metrics.jsonl (in the encoder). `tensorboard` (or the recipe's
+    pretrain.tensorboard): a folder that also gets TensorBoard event files (needs the tensorboard
+    extra); a side output, so the encoder's id does not depend on it.
+
     Example: clt.pretrain("recipes/digits_pair.yaml", overrides=["pretrain.epochs=1"]).kind == "encoder"
     """
     overrides = list(overrides) + ([f"pretrain.precision={precision}"] if precision else []) \
         + ([f"pretrain.minutes={minutes!r}"] if minutes is not None else [])
-    outcome = stages.pretrain(_context(store, device, progress=progress), str(recipe), overrides, seed, resume)
+    outcome = stages.pretrain(_context(store, device, progress=progress), str(recipe), overrides, seed, resume,
+                              str(tensorboard) if tensorboard is not None else None)
     return _result(outcome) if outcome is not None else None
 
 

@@ -102,6 +102,8 @@ class PretrainConfig:
     # trial, as the whole epochs that fit, and the stored recipe holds the epochs planned beside
     # the minutes asked for, so one budget may give other epochs (other encoders) on other machines
     minutes: float = field(default=0.0, metadata=OMIT_IF_DEFAULT)
+    # a folder for TensorBoard event files (a side output: never part of the encoder's address)
+    tensorboard: str = field(default="", metadata=OMIT_IF_DEFAULT)
 
 
 @dataclass

@@ -252,6 +252,9 @@ def pretrain(
         None, "--minutes", help="Train for about N minutes: the whole epochs that fit are planned from a short "
         "timed trial (sets pretrain.epochs; the encoder's recipe holds both, so the same --minutes can give other "
         "epochs, and another encoder, on another machine). 0 = the recipe's epochs."),
+    tensorboard: Optional[str] = typer.Option(
+        None, "--tensorboard", help="Also write TensorBoard event files (scalars, augmented views, confusion "
+        "heatmap) to this folder; needs the tensorboard extra. Same as --set pretrain.tensorboard=DIR."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train an encoder with the recipe's contrastive objective; prints the encoder's id.
@@ -267,7 +270,8 @@ def pretrain(
         _run(lambda: _api().launch_distributed(nproc, argv))
         return
     _emit_many(_run(lambda: [_api().pretrain(recipe, overrides=list(set_), seed=one, resume=resume and not fresh,
-                                             precision=precision, minutes=minutes, **_opts(device))
+                                             precision=precision, minutes=minutes, tensorboard=tensorboard,
+                                             **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 
