@@ -32,7 +32,7 @@ __all__ = ["Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEven
            "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
            "key_status", "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
-           "probe", "search", "show", "tsne", "verify", "views"]
+           "probe", "report", "search", "show", "tsne", "verify", "views"]
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,20 @@ def baseline_logreg(dataset: str, *, overrides: Sequence[str] = (), seed: int = 
     Example: clt.baseline_logreg("digits", overrides=["epochs=5"])
     """
     return _result(stages.baseline_logreg(_context(store, device, progress=progress), dataset, list(overrides), seed))
+
+
+def report(refs: str | Sequence[str], *, out: str | Path = "report.html", device: str = "auto",
+           store: StoreLike = None, progress: ProgressCallback | None = None) -> Path:
+    """One self-contained HTML page (no network; opens from disk) for an encoder and its lineage:
+    dataset card, recipe, training curves, augmented views, probes and evaluations (per-class table,
+    confusion heatmap), t-SNE, nearest neighbours, timings and versions. Several refs: one page
+    comparing them (the `clt compare` table, curves overlaid on shared axes). A probe or evaluation
+    stands for its encoder; parts not made yet are named with the command that makes them.
+
+    Example: clt.report(["latest-encoder"], out="report.html")
+    """
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    return stages.report(_context(store, device, progress=progress), refs, str(out))
 
 
 def compare(refs: Sequence[str], *, store: StoreLike = None) -> list[dict[str, Any]]:

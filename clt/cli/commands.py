@@ -612,6 +612,24 @@ def compare(
 
 
 @app.command()
+def report(
+    refs: list[str] = typer.Argument(..., help="Encoders (or probes, evaluations: their encoder): ids, prefixes, "
+                                     "refs such as latest-encoder, or recipe names."),
+    out: str = typer.Option("report.html", "--out", "-o", help="The HTML file to write."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Write one self-contained HTML page (opens from disk, no network) for an encoder and its lineage:
+    dataset, recipe, curves, views, evaluations, t-SNE, neighbours, timings. Several refs: one page
+    comparing them. Prints the page's path.
+
+    Example: clt report latest-encoder --out report.html
+    """
+    path = _run(lambda: _api().report(refs, out=out, **_opts(device)))
+    print(json.dumps({"path": str(path)}) if STATE.json or json_out else path)
+
+
+@app.command()
 def views(
     recipe: str = typer.Argument(..., help="Recipe whose augmentations to show."),
     count: int = typer.Option(8, "--count", help="How many images."),
