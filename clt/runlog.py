@@ -79,8 +79,11 @@ class MetricsStream:
         kept = [r for r in read_metrics(self.path) if isinstance(r.get("step"), (int, float)) and r["step"] < step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f".{self.path.name}.tmp")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        partial.replace(self.path)
+        try:
+            partial.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            partial.replace(self.path)
+        finally:  # a write that failed (a full disk) leaves no half file in the work folder
+            partial.unlink(missing_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def flush(self) -> None:
