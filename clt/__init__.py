@@ -17,7 +17,7 @@ _API = ("Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEvent",
         "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index", "init",
         "key_status", "list_artifacts", "load_index",
         "predict", "search", "load_classifier", "load_dataset",
-        "load_encoder", "open_store", "pretrain", "probe", "show", "tsne", "verify", "views")
+        "load_encoder", "open_store", "pretrain", "probe", "report", "show", "tsne", "verify", "views")
 
 __all__ = ["__version__", *_API]
 

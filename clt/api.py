@@ -32,7 +32,7 @@ __all__ = ["Classifier", "CltError", "DivergenceError", "Encoder", "ProgressEven
            "adopt_key", "compare", "download", "embed", "embedding_geometry", "evaluate", "export", "gc", "index",
            "init", "key_status", "launch_distributed", "list_artifacts",
            "load_classifier", "load_dataset", "load_encoder", "load_index", "open_store", "predict", "pretrain",
-           "probe", "search", "show", "tsne", "verify", "views"]
+           "probe", "report", "search", "show", "tsne", "verify", "views"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ def init(recipe: str | Path, *, dataset: str, objective: str, force: bool = Fals
 
 def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | None = None, resume: bool = True,
              device: str = "auto", precision: str | None = None, minutes: float | None = None,
-             store: StoreLike = None, progress: ProgressCallback | None = None) -> Result | None:
+             tensorboard: str | Path | None = None, store: StoreLike = None,
+             progress: ProgressCallback | None = None) -> Result | None:
     """Train an encoder with a recipe's objective (None on ranks other than 0 of a distributed run).
     Raises clt.DivergenceError when the loss turns NaN or infinite (the last good checkpoint is kept).
 
@@ -122,11 +123,16 @@ def pretrain(recipe: str | Path, *, overrides: Sequence[str] = (), seed: int | N
     recipe holds the epochs planned and the minutes, so one budget can give other epochs (another
     encoder) on another machine. Refused with progressive resizing and below one epoch.
 
+    Every run streams its metrics to metrics.jsonl (in the encoder). `tensorboard` (or the recipe's
+    pretrain.tensorboard): a folder that also gets TensorBoard event files (needs the tensorboard
+    extra); a side output, so the encoder's id does not depend on it.
+
     Example: clt.pretrain("recipes/digits_pair.yaml", overrides=["pretrain.epochs=1"]).kind == "encoder"
     """
     overrides = list(overrides) + ([f"pretrain.precision={precision}"] if precision else []) \
         + ([f"pretrain.minutes={minutes!r}"] if minutes is not None else [])
-    outcome = stages.pretrain(_context(store, device, progress=progress), str(recipe), overrides, seed, resume)
+    outcome = stages.pretrain(_context(store, device, progress=progress), str(recipe), overrides, seed, resume,
+                              str(tensorboard) if tensorboard is not None else None)
     return _result(outcome) if outcome is not None else None
 
 
@@ -300,6 +306,20 @@ def baseline_logreg(dataset: str, *, overrides: Sequence[str] = (), seed: int = 
     Example: clt.baseline_logreg("digits", overrides=["epochs=5"])
     """
     return _result(stages.baseline_logreg(_context(store, device, progress=progress), dataset, list(overrides), seed))
+
+
+def report(refs: str | Sequence[str], *, out: str | Path = "report.html", device: str = "auto",
+           store: StoreLike = None, progress: ProgressCallback | None = None) -> Path:
+    """One self-contained HTML page (no network; opens from disk) for an encoder and its lineage:
+    dataset card, recipe, training curves, augmented views, probes and evaluations (per-class table,
+    confusion heatmap), t-SNE, nearest neighbours, timings and versions. Several refs: one page
+    comparing them (the `clt compare` table, curves overlaid on shared axes). A probe or evaluation
+    stands for its encoder; parts not made yet are named with the command that makes them.
+
+    Example: clt.report(["latest-encoder"], out="report.html")
+    """
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    return stages.report(_context(store, device, progress=progress), refs, str(out))
 
 
 def compare(refs: Sequence[str], *, store: StoreLike = None) -> list[dict[str, Any]]:

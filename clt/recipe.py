@@ -139,6 +139,8 @@ class PretrainConfig:
     minutes: float = knob(0.0, "a time budget in minutes of training (0 = off): epochs is then planned from a "
                           "short timed trial as the whole epochs that fit", check=lambda v: 0 <= v <= 525_600,
                           must="in [0, 525600] (0 = no budget; at most a year)", omit_if_default=True)
+    tensorboard: str = knob("", "a folder for TensorBoard event files of the run (a side output: never part of "
+                            "the encoder's address; needs the tensorboard extra)", omit_if_default=True)
 
 
 @dataclass

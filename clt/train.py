@@ -93,6 +93,9 @@ class StepReport:
     step: int
     steps: int
     loss: float
+    lr: float = float("nan")  # after this step's scheduler update
+    images_seen: int = 0  # by every process, since the run began (a resumed run's included)
+    seconds: float = 0.0  # of training since the run began, callbacks' time left out
 
 
 @dataclass
@@ -283,7 +286,9 @@ def _epoch(loop: _Loop, epoch: int, first: int, resumed_losses: list[float]) -> 
         loss, spread_sample = _step(loop, order, epoch, step, side)
         losses.append(loss)  # spread_sample: the epoch's last batch, the state the epoch ended in
         if loop.on_step:
-            loop.on_step(StepReport(epoch, loop.cfg.epochs, step + 1, loop.steps, float(loss)))
+            loop.on_step(StepReport(epoch, loop.cfg.epochs, step + 1, loop.steps, float(loss),
+                                    loop.optimizer.param_groups[0]["lr"], loop.result.images_seen,
+                                    time.perf_counter() - loop.started))
         every = loop.cfg.checkpoint_every
         global_step = epoch * loop.steps + step
         if loop.checkpointer and every and (global_step + 1) % every == 0 and step + 1 < loop.steps:

@@ -9,4 +9,6 @@ $CLT evaluate "$probe" --confusion >/dev/null
 embeddings=$($CLT embed "$encoder" --split test)
 $CLT tsne "$embeddings" >/dev/null
 $CLT ls
-echo "demo finished in $(( $(date +%s) - start )) s; pictures: clt ls shows confusion.png and tsne.png" >&2
+# the whole run on one page: dataset, recipe, curves, evaluation, t-SNE, neighbours, timings
+report=$($CLT --quiet report "$encoder" --out "${REPORT:-report.html}")
+echo "demo finished in $(( $(date +%s) - start )) s; the report of this run: $report (open it in a browser)" >&2

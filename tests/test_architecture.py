@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 # bench scripts that time clt's building blocks (losses, augmentation, kNN kernels, FAISS indexes) import them
 # directly; every script that runs stages goes through the public API. Besides it, a bench script may use the
 # helpers that are not stages: rendering, exporters, atomic writes (clt.atomic) and CPU facts (clt.devices)
-COMPONENT_BENCHMARKS = {"speed.py", "knn.py", "curve.py", "index.py"}
+COMPONENT_BENCHMARKS = {"speed.py", "knn.py", "curve.py", "index.py", "logging_overhead.py"}
 ALLOWED_IN_BENCH = {"clt", "clt.api", "clt.cli.render", "clt.exporters", "clt.atomic", "clt.devices"}
 
 

@@ -3,6 +3,7 @@ where a run of that length from scratch does; where the schedule spans all epoch
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import DIGITS, cli
@@ -32,6 +33,11 @@ def test_a_longer_run_continues_the_finished_one_and_ends_as_a_fresh_run_would(t
     assert same_weights(weights(store, longer.id), weights(fresh_store, fresh.id))
     assert not same_weights(weights(store, short.id), weights(store, longer.id))
     assert cli(store, "verify", longer.id).exit_code == 0
+    from clt.store import Store
+
+    lines = Store(store).get(longer.id).file("metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in lines if json.loads(line).get("event") == "epoch"]
+    assert epochs == [1, 2]  # the stream goes on from the finished run's, without repeats
 
 
 def test_a_cosine_schedule_is_not_extended_and_the_user_is_told_why(tmp_path: Path):

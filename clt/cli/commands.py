@@ -279,6 +279,9 @@ def pretrain(
         None, "--minutes", help="Train for about N minutes: the whole epochs that fit are planned from a short "
         "timed trial (sets pretrain.epochs; the encoder's recipe holds both, so the same --minutes can give other "
         "epochs, and another encoder, on another machine). 0 = the recipe's epochs."),
+    tensorboard: Optional[str] = typer.Option(
+        None, "--tensorboard", help="Also write TensorBoard event files (scalars, augmented views, confusion "
+        "heatmap) to this folder; needs the tensorboard extra. Same as --set pretrain.tensorboard=DIR."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Train an encoder with the recipe's contrastive objective; prints the encoder's id.
@@ -294,7 +297,8 @@ def pretrain(
         _run(lambda: _api().launch_distributed(nproc, argv))
         return
     _emit_many(_run(lambda: [_api().pretrain(recipe, overrides=list(set_), seed=one, resume=resume and not fresh,
-                                             precision=precision, minutes=minutes, **_opts(device))
+                                             precision=precision, minutes=minutes, tensorboard=tensorboard,
+                                             **_opts(device))
                              for one in _parse_seeds(seeds, seed)]), json_out)
 
 
@@ -644,6 +648,24 @@ def compare(
         print(render.compare_markdown(rows))
     else:
         _console().print(render.compare_table(rows))
+
+
+@app.command()
+def report(
+    refs: list[str] = typer.Argument(..., help="Encoders (or probes, evaluations: their encoder): ids, prefixes, "
+                                     "refs such as latest-encoder, or recipe names."),
+    out: str = typer.Option("report.html", "--out", "-o", help="The HTML file to write."),
+    device: str = DEVICE_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Write one self-contained HTML page (opens from disk, no network) for an encoder and its lineage:
+    dataset, recipe, curves, views, evaluations, t-SNE, neighbours, timings. Several refs: one page
+    comparing them. Prints the page's path.
+
+    Example: clt report latest-encoder --out report.html
+    """
+    path = _run(lambda: _api().report(refs, out=out, **_opts(device)))
+    print(json.dumps({"path": str(path)}) if STATE.json or json_out else path)
 
 
 @app.command()

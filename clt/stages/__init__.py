@@ -17,6 +17,7 @@ from clt.stages.images import embed_images
 from clt.stages.predict import predict
 from clt.stages.pretrain import pretrain, snapshots
 from clt.stages.probe import load_probe, probe
+from clt.stages.report import report
 from clt.stages.search import SearchIndex, build_index, search
 from clt.stages.views import views
 from clt.stages.weights import load_encoder, load_weights, save_module
@@ -25,4 +26,4 @@ __all__ = ["EVALUATE_PROTOCOL", "KNOWN_DATASETS", "Context", "SearchIndex", "bui
            "predict", "search", "Outcome", "ProgressEvent", "ProgressTask", "Reporter",
            "baseline_logreg", "baseline_scratch", "dataset_artifact", "download", "embed", "encoder_of", "evaluate",
            "iter_rows", "load_dataset", "load_encoder", "load_probe", "load_weights", "pretrain", "probe", "produce",
-           "save_module", "snapshots", "stored_features", "summarize", "tsne", "verifiable", "views"]
+           "report", "save_module", "snapshots", "stored_features", "summarize", "tsne", "verifiable", "views"]

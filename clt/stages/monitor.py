@@ -38,19 +38,22 @@ class KnnMonitor:
         return epoch % self.cfg.every == 0 or epoch == self.epochs
 
     def score(self, encoder) -> tuple[float, float]:
+        started = time.perf_counter()
+        accuracy = float((self.predict(encoder) == self.test.labels).float().mean())
+        return accuracy, time.perf_counter() - started
+
+    def predict(self, encoder):
+        """The kNN class of each query image (the test subset), as a tensor on the data's device."""
         import torch
 
         from clt.features import extract_features
         from clt.metrics import knn_predict
 
-        started = time.perf_counter()
         with torch.no_grad():
             bank = extract_features(encoder, self.data, self.train, self.device)
             queries = extract_features(encoder, self.data, self.test, self.device)
-        predicted = knn_predict(bank, self.train.labels, queries, self.cfg.knn, len(self.data.classes),
-                                self.protocol.knn_metric, self.protocol.knn_vote, self.protocol.knn_temperature)
-        accuracy = float((predicted == self.test.labels).float().mean())
-        return accuracy, time.perf_counter() - started
+        return knn_predict(bank, self.train.labels, queries, self.cfg.knn, len(self.data.classes),
+                           self.protocol.knn_metric, self.protocol.knn_vote, self.protocol.knn_temperature)
 
     def summary(self, history: list[dict[str, Any]], train_seconds: float) -> dict[str, Any]:
         """The curve and its cost, for the encoder's manifest."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clt.errors import CltError, RecipeError
+from clt.runlog import METRICS_FILE, FlushingCheckpointer
 from clt.stages.context import Context, Outcome, Reporter, produce
 from clt.stages.dataset import dataset_artifact, load_dataset
 from clt.stages.monitor import monitor_for
@@ -27,18 +28,28 @@ def read_recipe_raw(path: str, overrides: list[str], seed: int | None) -> dict[s
 
 
 def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: int | None = None,
-             resume: bool = True) -> Outcome | None:
+             resume: bool = True, tensorboard: str | None = None) -> Outcome | None:
     """Train an encoder with the recipe's objective; returns the encoder artifact (None on ranks > 0).
+    Every run streams its metrics to metrics.jsonl (kept in the encoder); `tensorboard` (or the recipe's
+    pretrain.tensorboard) names a folder that also gets TensorBoard event files, a side output that
+    changes no address: a stored encoder answering the run has its stream replayed there.
 
     Example: pretrain(ctx, "recipes/digits_pair.yaml", ["pretrain.epochs=1"]).artifact.kind == "encoder"
     """
     raw = read_recipe_raw(recipe_path, list(overrides), seed)
+    section = raw.get("pretrain")
+    tensorboard = tensorboard or (section.get("tensorboard") if isinstance(section, dict) else None) or None
+    if tensorboard:
+        from clt.runlog import tensorboard_writer
+
+        tensorboard_writer()  # refused before any work when the extra is missing
     hit = _memo_hit(ctx, raw)
     if hit:
-        return hit
+        return _replayed(hit, tensorboard)
     from clt.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(raw, recipe_path)
+    recipe.pretrain.tensorboard = ""  # out of the spec: where events go does not change the encoder
     from clt.distributed import from_environment
 
     group = from_environment(ctx.device, recipe.pretrain.sync_batchnorm)
@@ -56,8 +67,10 @@ def pretrain(ctx: Context, recipe_path: str, overrides: list[str] = (), seed: in
         _train_beside_rank0(ctx, recipe, data_art, address(spec), resume, group)
         return None
     outcome = produce(ctx, spec, "encoder",
-                      lambda tmp, art_id: {**_build(ctx, recipe, data_art, tmp, art_id, resume, group),
+                      lambda tmp, art_id: {**_build(ctx, recipe, data_art, tmp, art_id, resume, group, tensorboard),
                                            **({"budget": plan.manifest()} if plan else {})}, name=recipe.name)
+    if outcome.cached:
+        _replayed(outcome, tensorboard)
     if group:
         group.barrier()
     key = _memo_key(raw, data_art.id, ctx.device)
@@ -77,6 +90,9 @@ def _spec(recipe, data_art: Artifact) -> dict[str, Any]:
 
 def _memo_key(raw: dict[str, Any], dataset_id: str, device: str = "auto") -> str:
     section = raw.get("pretrain")
+    if isinstance(section, dict) and "tensorboard" in section:  # a side output, as in the spec
+        section = {k: v for k, v in section.items() if k != "tensorboard"}
+        raw = {**raw, "pretrain": section}
     lars = isinstance(section, dict) and section.get("optimizer") == "lars"
     # A budgeted run's epochs were planned from a trial timed on one machine and device: its memo
     # answers that machine only. Another plans afresh, and gets the stored encoder by its address
@@ -237,8 +253,20 @@ def _model(recipe, in_shape, group):
                        "use smaller projection widths, e.g. [128, 64]") from None
 
 
+def _replayed(outcome: Outcome, tensorboard: str | None) -> Outcome:
+    """A stored encoder's metrics stream written as TensorBoard events, when a folder is asked for."""
+    if tensorboard and METRICS_FILE in outcome.artifact.manifest.get("files", {}):
+        from clt.runlog import TensorBoardSink, read_metrics
+
+        sink = TensorBoardSink(tensorboard)
+        for i, record in enumerate(read_metrics(outcome.artifact.file(METRICS_FILE))):
+            sink.scalars(record, i == 0)
+        sink.close()
+    return outcome
+
+
 def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str, resume: bool,
-           group=None) -> dict[str, Any]:
+           group=None, tensorboard: str | None = None) -> dict[str, Any]:
     from clt.checkpoint import FileCheckpointer
     from clt.devices import describe
 
@@ -259,7 +287,15 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
     ctx.report.info(f"pretrain {recipe.name}: {recipe.model.encoder} + {recipe.objective.name} on "
                     f"{run.data.name} ({len(run.data.train)} images), {recipe.pretrain.epochs} epochs × {steps} "
                     f"steps, {describe(run.device)}{ranks}, {run.precision}")
-    result = _train(ctx, recipe, run, steps, checkpointer, work if main else None, group)
+    stream = _stream(work, tensorboard) if main else None
+    try:
+        result = _train(ctx, recipe, run, steps, FlushingCheckpointer(checkpointer, stream) if stream else checkpointer,
+                        work if main else None, group, stream)
+        if stream and stream.sinks:
+            _tensorboard_images(recipe, run, stream.sinks[0], steps * recipe.pretrain.epochs)
+    finally:
+        if stream:
+            stream.close()
     if result.resumed_from:
         ctx.report.info(f"resumed from step {result.resumed_from}")
     _write_encoder(tmp, recipe, run.encoder, result.history, work if main else None)
@@ -272,25 +308,118 @@ def _build(ctx: Context, recipe, data_art: Artifact, tmp: Path, artifact_id: str
     return _manifest(recipe, run, result, describe(run.device) + ranks)
 
 
-def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot_dir: Path | None, group):
-    """The training loop with the stage's progress bar, epoch log, snapshots and collapse warnings."""
+def _stream(work: Path, tensorboard: str | None):
+    from clt.runlog import MetricsStream, TensorBoardSink
+
+    return MetricsStream(work / METRICS_FILE, [TensorBoardSink(tensorboard)] if tensorboard else [])
+
+
+def _step_logger(stream, steps: int):
+    """An on_step part that logs about ten step records per epoch (and each epoch's last step): loss,
+    lr and the throughput since the previous record."""
+    every = max(1, steps // 10)
+    last = {"images": None, "seconds": 0.0}
+
+    def log(r) -> None:
+        if r.step % every and r.step != r.steps:
+            return
+        done = r.epoch * r.steps + r.step
+        images, seconds = r.images_seen - (last["images"] or 0), r.seconds - last["seconds"]
+        record = {"event": "step", "step": done, "epoch": round(done / r.steps, 4), "loss": r.loss, "lr": r.lr,
+                  "seconds": round(r.seconds, 3)}
+        if last["images"] is not None and seconds > 0:  # the first after a (re)start has no interval to time
+            record["images_per_second"] = round(images / seconds, 1)
+        last["images"], last["seconds"] = r.images_seen, r.seconds
+        stream.log(record)
+
+    return log
+
+
+def _tensorboard_images(recipe, run: _Setup, sink, step: int) -> None:
+    """The augmented views the run trained on, and the confusion heatmap of a kNN evaluation of the
+    trained encoder (the online monitor's subsets) where the data has labels to score."""
+    import tempfile
+
+    from clt import plots
+    from clt.runlog import png_pixels
+
+    with tempfile.TemporaryDirectory() as scratch:
+        grid = _views_grid(recipe, run, Path(scratch) / "views.png")
+        if grid:
+            sink.image("views", png_pixels(grid), 0)
+        monitor = _confusion_monitor(recipe, run)
+        if monitor is not None:
+            from clt.metrics import confusion_matrix
+
+            run.encoder.eval()
+            true, pred = monitor.test.labels.cpu().numpy(), monitor.predict(run.encoder).cpu().numpy()
+            matrix = confusion_matrix(true, pred, len(run.data.classes))
+            accuracy = float((true == pred).mean())
+            plots.confusion_heatmap(matrix, run.data.classes, Path(scratch) / "confusion.png",
+                                    f"{recipe.name}: {monitor.label} accuracy {accuracy:.2%} ({len(true)} test images)")
+            sink.image("confusion", png_pixels(Path(scratch) / "confusion.png"), step)
+
+
+def _views_grid(recipe, run: _Setup, path: Path, count: int = 8, n_views: int = 4) -> Path | None:
+    """The views stage's picture of the data on the device: originals, then augmented views."""
+    import torch
+
+    from clt import plots
+
+    augment = augmenter(recipe, run.data, run.objective.views)
+    if augment is None:
+        return None
+    generator = torch.Generator().manual_seed(recipe.seed)  # its own: the training's randomness is untouched
+    index = torch.randperm(len(run.data.train), generator=generator)[:count].to(run.data.train.images.device)
+    originals = run.data.train.images[index].float() / 255
+    columns = [originals] + [augment(originals, generator) for _ in range(n_views)]
+    rows = [torch.stack([col[i] for col in columns]).cpu().numpy() for i in range(len(index))]
+    plots.image_grid(rows, path, [], f"{recipe.name}: original, then {n_views} views")
+    return path
+
+
+def _confusion_monitor(recipe, run: _Setup):
+    """The run's kNN monitor, or one with the default subsets when the run had none."""
+    import copy
+
+    from clt.stages.monitor import KnnMonitor
+
+    if type(run.monitor) is KnnMonitor:
+        return run.monitor
+    if not run.data.labeled or len(run.data.test) == 0:
+        return None
+    from clt.recipe import MonitorConfig
+
+    scored = copy.deepcopy(recipe)
+    scored.pretrain.monitor = MonitorConfig()
+    return KnnMonitor(scored, run.data, run.device)
+
+
+def _train(ctx: Context, recipe, run: _Setup, steps: int, checkpointer, snapshot_dir: Path | None, group,
+           stream=None):
+    """The training loop with the stage's progress bar, epoch log, metrics stream, snapshots and
+    collapse warnings."""
     from clt.train import pretrain as run_pretrain
 
     forward_model = _forward_model(recipe, run)
     run.monitor = monitor_for(ctx, recipe, run.data, run.device)
     # a budgeted run said its plan before the first step; any other times its own first steps
     clock = None if recipe.pretrain.minutes else _clock(ctx, recipe, run, steps)
+    log_step = _step_logger(stream, steps) if stream else None
     with ctx.report.progress("pretrain", recipe.pretrain.epochs * steps) as task:
         def on_step(r):
             task.update(r.epoch * r.steps + r.step, description=f"pretrain epoch {r.epoch + 1}/{r.epochs}",
                         loss=r.loss)
             if clock:
                 clock.tick(r.epoch, r.epoch * r.steps + r.step)
+            if log_step:
+                log_step(r)
 
         return run_pretrain(forward_model, run.objective, run.params, run.data, recipe.pretrain, device=run.device,
                             precision=run.precision, seed=recipe.seed,
                             augment=augmenter(recipe, run.data, run.objective.views), on_step=on_step,
-                            on_epoch=lambda record: _on_epoch(ctx, recipe, run, record, snapshot_dir),
+                            on_epoch=lambda record: _on_epoch(ctx, recipe, run, record, snapshot_dir, stream,
+                                                              steps),
                             checkpointer=checkpointer, distributed=group)
 
 
@@ -313,7 +442,8 @@ def _clock(ctx: Context, recipe, run: _Setup, steps: int):
                      lambda epoch: (epoch_side(recipe.pretrain, epoch, full) / full) ** 2)
 
 
-def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapshot_dir: Path | None) -> None:
+def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapshot_dir: Path | None,
+              stream=None, steps: int = 0) -> None:
     encoder = run.encoder
     at = f" at {record['image_height']}px" if recipe.pretrain.progressive_resize else ""
     scored = ""
@@ -321,6 +451,9 @@ def _on_epoch(ctx: Context, recipe, run: _Setup, record: dict[str, Any], snapsho
         # kept in the epoch's record, so the checkpoint (and a resumed run's history) holds the curve
         record[run.monitor.key], record["monitor_seconds"] = run.monitor.score(encoder)
         scored = f", {run.monitor.label} {record[run.monitor.key]:.2%} ({record['monitor_seconds']:.1f} s)"
+    if stream is not None:
+        stream.log({"event": "epoch", "step": record["epoch"] * steps, **record})
+        stream.flush()
     ctx.report.info(f"epoch {record['epoch']}{at}: loss {record['loss']:.4f}, "
                     f"embedding spread {record['embedding_spread']:.3f}, "
                     f"rank {record['embedding_rank']:.1f} of {record['embedding_dim']}{scored}")
@@ -397,6 +530,8 @@ def _start_from_shorter_run(ctx: Context, recipe, run: _Setup, data_art: Artifac
                              sign=ctx.store.sign, warn=ctx.report.warn).load()
     if state is not None:
         checkpointer.save(state)
+        if (shorter[0].path / METRICS_FILE).is_file():  # the stream goes on from the shorter run's lines
+            shutil.copyfile(shorter[0].path / METRICS_FILE, checkpointer.folder / METRICS_FILE)
         ctx.report.info(f"extending the finished {done}-epoch run {shorter[0].short} to "
                         f"{recipe.pretrain.epochs} epochs")
 
@@ -406,6 +541,8 @@ def _write_encoder(tmp: Path, recipe, encoder, history: list[dict[str, Any]], sn
 
     save_module(encoder, tmp / "encoder.safetensors")
     (tmp / "history.json").write_text(json.dumps(history, indent=1))
+    if snapshot_dir is not None and (snapshot_dir / METRICS_FILE).is_file():
+        shutil.copyfile(snapshot_dir / METRICS_FILE, tmp / METRICS_FILE)
     if history:
         plots.loss_curve(history, tmp / "loss_curve.png", f"{recipe.name}: pretrain loss")
     found = sorted(snapshot_dir.glob("snapshot-*.safetensors")) if snapshot_dir is not None else []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from clt.errors import DataError
+from clt.runlog import METRICS_FILE, MetricsStream
 from clt.stages.context import Context, Outcome, produce
 from clt.stages.dataset import dataset_artifact, dataset_of, load_dataset
 from clt.stages.weights import load_encoder, load_weights, save_trained_head
@@ -40,12 +43,13 @@ def probe(ctx: Context, encoder_ref: str | None = None, overrides: list[str] = (
     data_art = dataset_artifact(ctx, dataset) if dataset else dataset_of(ctx.store, encoder_art)
     spec = {"stage": "probe", "probe": plain(cfg), "inputs": {"encoder": encoder_art.id, "dataset": data_art.id},
             "seed": seed}
-    return produce(ctx, spec, "probe", lambda tmp, _id: _build(ctx, recipe, cfg, encoder_art, data_art, seed, tmp),
+    return produce(ctx, spec, "probe", lambda tmp, art_id: _build(ctx, recipe, cfg, encoder_art, data_art, seed, tmp,
+                                                                  ctx.store.work_dir(art_id) / METRICS_FILE),
                    name=recipe.name)
 
 
 def _build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Artifact, seed: int,
-           tmp: Path) -> dict[str, Any]:
+           tmp: Path, stream_path: Path) -> dict[str, Any]:
     from clt.devices import describe, pick_device, resolve_precision, seed_everything
     from clt.probing import build_head, few_label_subset
 
@@ -61,8 +65,18 @@ def _build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Artifact,
     head = build_head(cfg, encoder.out_dim, len(data.classes)).to(device)
     ctx.report.info(f"probe: {cfg.head} head on {'fine-tuned' if cfg.finetune else 'frozen'} encoder "
                     f"{encoder_art.short}, {len(index)} labels, {cfg.epochs} epochs")
-    history = _fit(ctx, cfg, encoder, head, data, index, encoder_art, data_art, device, precision, seed)
+    # written as it goes beside where a checkpoint would be, so a killed probe keeps what it logged
+    stream = MetricsStream(stream_path)
+    try:
+        history = _fit(ctx, cfg, encoder, head, data, index, encoder_art, data_art, device, precision, seed,
+                       lambda record: stream.log({"event": "epoch", "step": record["epoch"], **record}))
+    finally:
+        stream.close()
     save_trained_head(tmp, head, history, f"{recipe.name}: probe loss", encoder if cfg.finetune else None)
+    if stream_path.is_file():
+        shutil.move(stream_path, tmp / METRICS_FILE)
+        with contextlib.suppress(OSError):
+            stream_path.parent.rmdir()
     return {
         "device": describe(device),
         "precision": precision,
@@ -76,14 +90,15 @@ def _build(ctx: Context, recipe, cfg, encoder_art: Artifact, data_art: Artifact,
 
 
 def _fit(ctx: Context, cfg, encoder, head, data, index, encoder_art: Artifact, data_art: Artifact, device,
-         precision: str, seed: int) -> list[dict[str, Any]]:
+         precision: str, seed: int, log: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Fine-tune, or train the head on features: the stored ones when all labels are used."""
     from clt.features import extract_features
     from clt.probing import finetune, train_head
     from clt.stages.embed import stored_features
 
-    on_epoch = lambda r: ctx.report.info(  # noqa: E731
-        f"probe epoch {r['epoch']}: loss {r['loss']:.4f}, train accuracy {r['train_accuracy']:.4f}")
+    def on_epoch(r: dict[str, Any]) -> None:
+        log(r)
+        ctx.report.info(f"probe epoch {r['epoch']}: loss {r['loss']:.4f}, train accuracy {r['train_accuracy']:.4f}")
     if cfg.finetune:
         return finetune(encoder, head, data.to(device), index.to(device), cfg, device, precision, seed, on_epoch)
     labels = data.train.labels[index].to(device)

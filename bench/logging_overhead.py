@@ -1,0 +1,100 @@
+"""What the metrics stream costs: pretraining steps timed with no logging, with metrics.jsonl, and with
+metrics.jsonl plus TensorBoard events, side by side in one process (modes interleaved, repeated).
+
+Each mode runs the same recipe from the same seed through the training loop, logging as the pretrain
+stage does (its step logger: about ten step records per epoch, one record per epoch); the table gives
+the median seconds per step and the overhead against no logging. The issue's bar: under 1 %.
+Timings on shared or busy cores are noise: time on quiet ones.
+
+    python bench/logging_overhead.py                       # digits SimCLR, 3 epochs, 3 repeats
+    python bench/logging_overhead.py --recipe recipes/cifar10_simclr_cpu.yaml --set data.train_limit=5000
+    python bench/logging_overhead.py --write               # also bench/results/logging_overhead_<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from clt.runlog import METRICS_FILE, MetricsStream, TensorBoardSink
+from clt.stages.context import Context
+from clt.stages.dataset import dataset_artifact
+from clt.stages.pretrain import _setup, _step_logger, augmenter
+from clt.store import Store
+from clt.train import pretrain
+
+MODES = ("none", "metrics.jsonl", "metrics.jsonl + tensorboard")
+
+
+def time_mode(ctx: Context, recipe, data_art, mode: str, folder: Path) -> tuple[float, int]:
+    """(wall seconds, steps) of one training run logging as `mode` says."""
+    run = _setup(ctx, recipe, data_art, None)
+    steps = len(run.data.train) // recipe.pretrain.batch_size
+    stream = None
+    if mode != "none":
+        sinks = [TensorBoardSink(folder / "tb")] if "tensorboard" in mode else []
+        stream = MetricsStream(folder / METRICS_FILE, sinks)
+    log_step = _step_logger(stream, steps) if stream else None
+    on_epoch = (lambda record: stream.log({"event": "epoch", "step": record["epoch"] * steps, **record})) \
+        if stream else None
+    started = time.perf_counter()
+    pretrain(run.model, run.objective, run.params, run.data, recipe.pretrain, device=run.device,
+             precision=run.precision, seed=recipe.seed, augment=augmenter(recipe, run.data, run.objective.views),
+             on_step=log_step, on_epoch=on_epoch)
+    if stream:
+        stream.close()
+    return time.perf_counter() - started, steps * recipe.pretrain.epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="recipes/digits_simclr.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--write", action="store_true", help="write a JSON record to bench/results/")
+    args = parser.parse_args()
+    from clt.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, [*args.overrides, f"pretrain.epochs={args.epochs}"])
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx = Context(Store(Path(scratch) / "store"), device=args.device)
+        data_art = dataset_artifact(ctx, recipe.data.dataset)
+        per_step: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for repeat in range(args.repeats):
+            for mode in MODES:  # interleaved, so a slow spell of the machine hits every mode alike
+                seconds, steps = time_mode(ctx, recipe, data_art, mode, Path(scratch) / f"{repeat}-{len(mode)}")
+                per_step[mode].append(seconds / steps)
+    median = {mode: statistics.median(values) for mode, values in per_step.items()}
+    print(f"{'logging':<30} {'ms / step':>10} {'overhead':>9}")
+    for mode in MODES:
+        print(f"{mode:<30} {1000 * median[mode]:>10.3f} {100 * (median[mode] / median['none'] - 1):>8.2f}%")
+    if args.write:
+        write_record(args, recipe, steps, per_step, median)
+
+
+def write_record(args, recipe, steps: int, per_step: dict[str, list[float]], median: dict[str, float]) -> None:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    date = datetime.date.today().isoformat()
+    record = {"date": date, "commit": commit, "recipe": args.recipe, "overrides": args.overrides,
+              "epochs": args.epochs, "steps_per_run": steps, "repeats": args.repeats,
+              "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads",
+              "seconds_per_step": per_step, "median_seconds_per_step": median,
+              "overhead": {mode: median[mode] / median["none"] - 1 for mode in MODES if mode != "none"}}
+    path = Path("bench/results") / f"logging_overhead_{date}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
