@@ -88,15 +88,6 @@ def pixels(paths: list[Path]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).ravel() / 255 for p in paths])
 
 
-def untrained_like(encoder, seed: int, store: str | None):
-    """The same encoder object with its weights as pretraining started them (the recipe's seed)."""
-    from clt.quality import untrained_encoder
-
-    spec = clt.show(encoder.id, store=store)["encoder"]
-    encoder.module = untrained_encoder(spec["name"], spec["params"], tuple(spec["in_shape"]), seed, encoder.device)
-    return encoder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", default=None, help="store (default: $CLT_ARTIFACTS or artifacts/)")
@@ -120,8 +111,10 @@ def main() -> None:
     scores = {"encoder": nearest_same_class(encoder.embed(query_paths), encoder.embed(base_paths),
                                             query_cls, base_cls)}
     recipe = clt.show(encoder_result.id, store=args.artifacts)["recipe"]
-    untrained = untrained_like(clt.load_encoder(encoder_result.id, store=args.artifacts), recipe["seed"],
-                               args.artifacts)
+    # the floor: the recipe's encoder as pretraining starts it (its seed's weights, no step taken)
+    floor = clt.pretrain(args.recipe, overrides=["data.dataset=photos6k", "pretrain.epochs=0"], minutes=0,
+                         store=args.artifacts)
+    untrained = clt.load_encoder(floor.id, store=args.artifacts)
     scores["untrained"] = nearest_same_class(untrained.embed(query_paths), untrained.embed(base_paths),
                                              query_cls, base_cls)
     base_px, query_px = pixels(base_paths), pixels(query_paths)
