@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -61,12 +60,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--write", action="store_true", help="write a JSON record to bench/results/")
+    parser.add_argument("--artifacts", default=None,
+                        help="read the dataset from this store (CIFAR-10 must be imported there); default: a scratch "
+                             "store, where only digits is available")
     args = parser.parse_args()
     from clt.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, [*args.overrides, f"pretrain.epochs={args.epochs}"])
     with tempfile.TemporaryDirectory() as scratch:
-        ctx = Context(Store(Path(scratch) / "store"), device=args.device)
+        ctx = Context(Store(Path(args.artifacts) if args.artifacts else Path(scratch) / "store"), device=args.device)
         data_art = dataset_artifact(ctx, recipe.data.dataset)
         per_step: dict[str, list[float]] = {mode: [] for mode in MODES}
         for repeat in range(args.repeats):
@@ -82,16 +84,30 @@ def main() -> None:
 
 
 def write_record(args, recipe, steps: int, per_step: dict[str, list[float]], median: dict[str, float]) -> None:
-    import torch
+    import sys
+
+    from images import cpu_model
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    date = datetime.date.today().isoformat()
-    record = {"date": date, "commit": commit, "recipe": args.recipe, "overrides": args.overrides,
-              "epochs": args.epochs, "steps_per_run": steps, "repeats": args.repeats,
-              "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads",
-              "seconds_per_step": per_step, "median_seconds_per_step": median,
-              "overhead": {mode: median[mode] / median["none"] - 1 for mode in MODES if mode != "none"}}
-    path = Path("bench/results") / f"logging_overhead_{date}.json"
+    stem = Path(args.recipe).stem
+    overhead = {mode: median[mode] / median["none"] - 1 for mode in MODES if mode != "none"}
+    command = "python bench/logging_overhead.py " + " ".join(
+        a if a != args.artifacts else "STORE" for a in sys.argv[1:])
+    header = {"study": "speed", "title": f"what logging costs a training step ({stem})",
+              "date": datetime.date.today().isoformat(), "commit": commit, "commit_is": "run",
+              "machine": cpu_model(), "command": command,
+              "protocol": f"{args.repeats} interleaved repeats of {args.epochs} epochs × {steps} steps per mode, "
+                          "median seconds per step, the cores to itself",
+              "figures": {"ms per step, no logging": {"path": "median_ms_per_step.none", "format": "num",
+                                                      "digits": 2},
+                          "metrics.jsonl overhead %": {"path": "overhead_metrics_jsonl", "format": "pct"},
+                          "with TensorBoard overhead %": {"path": "overhead_tensorboard", "format": "pct"}}}
+    record = {"record": header, "recipe": args.recipe, "overrides": args.overrides, "epochs": args.epochs,
+              "steps_per_run": steps, "repeats": args.repeats, "seconds_per_step": per_step,
+              "median_ms_per_step": {k.split(" ")[0] if k == "none" else k: 1000 * v for k, v in median.items()},
+              "overhead": overhead, "overhead_metrics_jsonl": overhead["metrics.jsonl"],
+              "overhead_tensorboard": overhead["metrics.jsonl + tensorboard"]}
+    path = Path("bench/results") / f"logging_overhead_{stem}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
 
