@@ -148,8 +148,12 @@ def write(name: str, run: Run, ids: list[str], seconds: float, args) -> None:
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, device {args.device}"
     text = compare_markdown(rows) + f"\n\nCommand: `{command}` — total {seconds:.0f} s on {machine}.\n"
     (RESULTS / f"{name}.md").write_text(text)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"rows": rows, "command": command, "seconds": seconds,
-                                                      "ids": ids}, indent=1, default=str))
+    from records import restamped
+
+    data = {"rows": rows, "command": command, "seconds": seconds, "ids": ids}
+    record = restamped(RESULTS / f"{name}.json", data, study="published", title=name, command=command,
+                       protocol=f"bench/published.py {name}: the `clt compare` table of its runs")
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
     print(text)
 
 

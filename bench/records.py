@@ -56,6 +56,30 @@ STUDIES = {
 }
 
 
+def restamped(path: Path, data: dict, *, study: str, title: str, command: str, protocol: str) -> dict:
+    """`data` under the record header of the file it replaces (its title, protocol and figures,
+    which point into the same layout), re-stamped with today's date, this checkout's commit, this
+    machine and `command`; a first record gets a header from the arguments and its wall time."""
+    import datetime
+    import subprocess
+
+    from images import cpu_model
+
+    try:
+        old = json.loads(path.read_text()).get("record") or {}
+    except (OSError, ValueError):
+        old = {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    # literal figures are numbers of the old run written by hand: only pointers into the data carry over
+    pointers = {k: v for k, v in (old.get("figures") or {}).items() if isinstance(v, dict)}
+    header = {"study": study, "title": title, "protocol": protocol,
+              "figures": pointers or {"wall time s": {"path": "seconds", "format": "num", "digits": 0}},
+              **{k: old[k] for k in ("study", "title", "protocol") if old.get(k)},
+              "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip(), "commit_is": "run",
+              "machine": cpu_model(), "command": command}
+    return {"record": header, **{k: v for k, v in data.items() if k != "record"}}
+
+
 class RecordError(ValueError):
     """A record that does not name its run, or a figure that points at nothing."""
 
