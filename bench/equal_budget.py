@@ -14,7 +14,7 @@ table can be filled over several days; existing results are kept unless --force.
 minutes buy about four times more epochs on a CPU with native bf16 (AVX-512 BF16 or AMX) than on
 one without, so rows are only compared within one machine class: the tables of every result found
 (one per class) are rewritten to bench/results/equal_budget.md after each run, and the online
-curves of seed 0 are drawn in docs/equal_budget_curves.png, one panel per class.
+curves of seed 0 are drawn in docs/img/equal_budget_curves.png, one panel per class.
 
     python bench/equal_budget.py simclr moco --budget 1800 --seed 0
     python bench/equal_budget.py --untrained      # only the floor: the encoder as initialised
@@ -293,7 +293,7 @@ def main() -> None:
             print(write_table(out), flush=True)
     print(write_table(out))
     if any(r["seed"] == 0 for rows in results_by_machine(out).values() for r in rows):
-        plot_curves(out, ROOT / "docs" / f"{args.results}_curves.png")
+        plot_curves(out, ROOT / "docs" / "img" / f"{args.results}_curves.png")
 
 
 if __name__ == "__main__":
