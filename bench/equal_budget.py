@@ -289,6 +289,7 @@ def main() -> None:
                 continue
             result = run_untrained(run, machine, args) if name == UNTRAINED else run_one(run, name, machine, args)
             with written_aside(path) as tmp:
+                result["command"] = result["command"].replace(str(args.artifacts), "STORE")  # no machine paths
                 tmp.write_text(json.dumps({"record": record_header(result, args), **result}, indent=1))
             print(write_table(out), flush=True)
     print(write_table(out))
