@@ -362,19 +362,12 @@ def _tensorboard_images(recipe, run: _Setup, sink, step: int) -> None:
 
 def _views_grid(recipe, run: _Setup, path: Path, count: int = 8, n_views: int = 4) -> Path | None:
     """The views stage's picture of the data on the device: originals, then augmented views."""
-    import torch
-
-    from clt import plots
+    from clt.stages.views import views_grid
 
     augment = augmenter(recipe, run.data, run.objective.views)
     if augment is None:
         return None
-    generator = torch.Generator().manual_seed(recipe.seed)  # its own: the training's randomness is untouched
-    index = torch.randperm(len(run.data.train), generator=generator)[:count].to(run.data.train.images.device)
-    originals = run.data.train.images[index].float() / 255
-    columns = [originals] + [augment(originals, generator) for _ in range(n_views)]
-    rows = [torch.stack([col[i] for col in columns]).cpu().numpy() for i in range(len(index))]
-    plots.image_grid(rows, path, [], f"{recipe.name}: original, then {n_views} views")
+    views_grid(run.data, augment, recipe.seed, path, count, n_views, f"{recipe.name}: original, then {n_views} views")
     return path
 
 

@@ -20,6 +20,7 @@ from clt.errors import CltError, DataError
 from clt.runlog import METRICS_FILE, read_metrics
 from clt.stages.context import Context
 from clt.stages.dataset import dataset_of, load_dataset
+from clt.stages.views import views_grid
 from clt.store import SHORT, Artifact, Store
 from clt.version import __version__
 
@@ -318,24 +319,11 @@ def _views(lin: Lineage, data, pictures: Pictures) -> str:
         return html.section("Augmented views", html.paragraph(
             f"{recipe.objective.name} trains on the images as they are: its recipe has no augmentation."),
             anchor="views")
-    return html.section("Augmented views", pictures.draw(lambda path: _views_grid(recipe, data, augment, path),
+    draw = lambda path: views_grid(data, augment, recipe.seed, path, count=6, n_views=5)  # noqa: E731
+    return html.section("Augmented views", pictures.draw(draw,
                                                           "augmented views", f"originals, then views as "
                                                           f"{recipe.objective.name} trains on them "
                                                           f"({views} per image per step)", 640), anchor="views")
-
-
-def _views_grid(recipe, data, augment, path: Path, count: int = 6, n_views: int = 5) -> None:
-    import torch
-
-    from clt import plots
-
-    generator = torch.Generator().manual_seed(recipe.seed)
-    index = torch.randperm(len(data.train), generator=generator)[:count]
-    originals = data.train.images[index].float() / 255
-    columns = [originals] + [augment(originals, generator) for _ in range(n_views)]
-    rows = [torch.stack([col[i] for col in columns]).numpy() for i in range(len(index))]
-    titles = [data.classes[int(data.train.labels[i])] if data.labeled else "" for i in index]
-    plots.image_grid(rows, path, titles)
 
 
 def _evaluations(lin: Lineage, pictures: Pictures) -> str:
