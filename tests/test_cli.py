@@ -14,8 +14,8 @@ from conftest import (
     FAST_PRETRAIN,
     FAST_PROBE,
     PNG_SIGNATURE,
-    Ran,
     Trained,
+    assert_user_error,
     cli,
     clt_proc,
     colliding_specs,
@@ -48,20 +48,6 @@ def _groups(group, prefix=()):
 
 COMMANDS = list(_leaf_commands(typer.main.get_command(app)))
 GROUPS = list(_groups(typer.main.get_command(app)))
-
-
-def assert_user_error(ran: Ran, *words: str) -> str:
-    """Exit 2, 'error:' and 'fix:' lines on stderr, nothing on stdout, no traceback; returns the two lines."""
-    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}\n{ran.exception!r}"
-    assert ran.stdout.strip() == ""
-    assert "Traceback" not in ran.stderr
-    # the error is the last thing said, one line each for the message and the fix, never wrapped
-    lines = ran.stderr.rstrip("\n").splitlines()
-    assert len(lines) >= 2 and lines[-2].startswith("error: ") and lines[-1].startswith("  fix: "), ran.stderr
-    text = lines[-2] + " " + lines[-1].strip()
-    for word in words:
-        assert word in text, f"{word!r} not in {text!r}"
-    return text
 
 
 # ---------------------------------------------------------------- help

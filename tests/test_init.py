@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import FAST_PRETRAIN, RECIPES, Trained, cli
+from conftest import FAST_PRETRAIN, RECIPES, Trained, assert_user_error, cli
 
 import clt
 from clt.errors import RecipeError
@@ -23,17 +23,6 @@ from clt.stages.init_templates import SHIPPED
 @dataclass
 class Stores:
     root: Path  # digits and 'pics' (unlabelled 16×16 colour photos) imported
-
-
-def user_error(ran, *words: str) -> str:
-    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}\n{ran.exception!r}"
-    assert "Traceback" not in ran.stderr and ran.stdout.strip() == ""
-    lines = ran.stderr.rstrip("\n").splitlines()
-    assert lines[-2].startswith("error: ") and lines[-1].startswith("  fix: "), ran.stderr
-    text = lines[-2] + " " + lines[-1]
-    for word in words:
-        assert word in text, f"{word!r} not in {text!r}"
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +99,8 @@ def test_init_on_an_unlabelled_colour_folder_fits_it_and_pretrains(stores: Store
 
 def test_init_refuses_an_objective_that_needs_labels_for_an_unlabelled_dataset(stores: Stores, tmp_path: Path):
     for objective in ("supcon", "triplet", "pair"):
-        text = user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "pics", "--objective",
-                              objective), "labels", "simclr")
+        text = assert_user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "pics", "--objective",
+                                 objective), "labels", "simclr")
         assert objective in text
     assert not (tmp_path / "x.yaml").exists()
 
@@ -119,17 +108,18 @@ def test_init_refuses_an_objective_that_needs_labels_for_an_unlabelled_dataset(s
 def test_init_keeps_an_existing_file_unless_forced(stores: Stores, tmp_path: Path):
     path = tmp_path / "mine.yaml"
     path.write_text("# my own\n", encoding="utf-8")
-    user_error(cli(stores.root, "init", path, "--dataset", "digits", "--objective", "vicreg"), "already exists",
-               "--force")
+    assert_user_error(cli(stores.root, "init", path, "--dataset", "digits", "--objective", "vicreg"), "already exists",
+                      "--force")
     assert path.read_text(encoding="utf-8") == "# my own\n"
     cli(stores.root, "init", path, "--dataset", "digits", "--objective", "vicreg", "--force").ok()
     assert load_recipe(path).objective.name == "vicreg"
 
 
 def test_init_names_unknown_objectives_and_datasets(stores: Stores, tmp_path: Path):
-    user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "digits", "--objective", "simclrr"),
-               "simclrr", "simclr")
-    user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "nope", "--objective", "simclr"), "nope")
+    assert_user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "digits", "--objective", "simclrr"),
+                      "simclrr", "simclr")
+    assert_user_error(cli(stores.root, "init", tmp_path / "x.yaml", "--dataset", "nope", "--objective", "simclr"),
+                      "nope")
 
 
 @pytest.mark.parametrize("objective", sorted(SOURCES))
@@ -169,7 +159,7 @@ def test_an_old_key_is_refused_naming_the_new_one(old, new, tmp_path: Path):
     with pytest.raises(RecipeError, match=f"{old} has been renamed {new}"):
         recipe_from_dict({section: {"name": "byol", key: value}}, "mine.yaml")
     ran = cli(tmp_path, "pretrain", RECIPES / "digits_byol.yaml", "--set", f"{old}={value}")
-    user_error(ran, old, new)
+    assert_user_error(ran, old, new)
 
 
 def test_a_stored_recipe_with_an_old_key_still_loads():
@@ -191,12 +181,12 @@ def test_pretrain_momentum_is_still_the_optimisers():
 @pytest.mark.parametrize("argv, new", [(["embed", "--projector"], "--tensorboard-projector"),
                                        (["index", "--kind", "hnsw"], "--type")])
 def test_an_old_option_is_refused_naming_the_new_one(argv, new, tmp_path: Path):
-    text = user_error(cli(tmp_path, *argv), argv[1], new)
+    text = assert_user_error(cli(tmp_path, *argv), argv[1], new)
     assert "renamed" in text
 
 
 def test_index_type_is_checked_by_its_new_name(tmp_path: Path):
-    user_error(cli(tmp_path, "index", "--type", "bogus"), "--type bogus", "exact")
+    assert_user_error(cli(tmp_path, "index", "--type", "bogus"), "--type bogus", "exact")
 
 
 def test_embed_writes_tensorboard_projector_files(store_copy: Trained):

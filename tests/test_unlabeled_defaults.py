@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIGITS, FAST_PRETRAIN, PNG_SIGNATURE, RECIPES, Ran, Trained, cli
+from conftest import DIGITS, FAST_PRETRAIN, PNG_SIGNATURE, RECIPES, Trained, assert_user_error, cli
 
 import clt
 
@@ -21,18 +21,6 @@ class Unlabeled:
     store: Path
     folder: Path
     encoder: str
-
-
-def user_error(ran: Ran, *words: str) -> str:
-    """Exit 2 with an 'error:' and a 'fix:' line naming `words`, never an internal error."""
-    assert ran.exit_code == 2, f"exit {ran.exit_code}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}\n{ran.exception!r}"
-    assert "internal error" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
-    lines = ran.stderr.rstrip("\n").splitlines()
-    assert lines[-2].startswith("error: ") and lines[-1].startswith("  fix: "), ran.stderr
-    text = lines[-2] + " " + lines[-1]
-    for word in words:
-        assert word in text, f"{word!r} not in {text!r}"
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +59,8 @@ def test_embed_of_an_unlabeled_folder_takes_the_split_that_exists(unlabeled: Unl
 
 def test_an_empty_selection_is_refused_by_name(unlabeled: Unlabeled):
     before = {row["id"] for row in clt.list_artifacts("embeddings", store=unlabeled.store)}
-    text = user_error(cli(unlabeled.store, "embed", unlabeled.encoder, "--split", "test"), "pics", "test",
-                      "--split train")
+    text = assert_user_error(cli(unlabeled.store, "embed", unlabeled.encoder, "--split", "test"), "pics", "test",
+                             "--split train")
     assert "0" in text
     assert {row["id"] for row in clt.list_artifacts("embeddings", store=unlabeled.store)} == before
 
@@ -88,8 +76,8 @@ def test_a_labelled_dataset_still_embeds_its_test_split_by_default(store_copy: T
 
 def test_tsne_of_too_few_points_is_refused_by_name(unlabeled: Unlabeled):
     embeddings = cli(unlabeled.store, "embed", unlabeled.encoder).ok().id
-    user_error(cli(unlabeled.store, "tsne", embeddings), f"{N_IMAGES} points", "--perplexity", "--pca")
-    user_error(cli(unlabeled.store, "tsne", embeddings, "--perplexity", "14"), f"{N_IMAGES} points", "13")
+    assert_user_error(cli(unlabeled.store, "tsne", embeddings), f"{N_IMAGES} points", "--perplexity", "--pca")
+    assert_user_error(cli(unlabeled.store, "tsne", embeddings, "--perplexity", "14"), f"{N_IMAGES} points", "13")
     drawn = cli(unlabeled.store, "tsne", embeddings, "--perplexity", "13").ok().id  # 40 > 3 x 13
     assert manifest(unlabeled.store, drawn)["metrics"]["points"] == N_IMAGES
 
@@ -136,15 +124,15 @@ def test_color_by_is_refused_for_embeddings_without_file_names(store_copy: Train
     embeddings = cli(store_copy.root, "embed", store_copy.encoder).ok().id  # digits: rows have no file names
     tags = tmp_path / "tags.csv"
     tags.write_text("a.png,x\n")
-    user_error(cli(store_copy.root, "tsne", embeddings, "--pca", "--color-by", tags), "--color-by", "file names",
-               "--images")
+    assert_user_error(cli(store_copy.root, "tsne", embeddings, "--pca", "--color-by", tags), "--color-by", "file names",
+                      "--images")
 
 
 def test_color_by_tags_matching_no_point_is_refused(unlabeled: Unlabeled, tmp_path: Path):
     embeddings = cli(unlabeled.store, "embed", unlabeled.encoder, "--images", unlabeled.folder).ok().id
     tags = tmp_path / "elsewhere.csv"
     tags.write_text("holiday.jpg,beach\n")
-    user_error(cli(unlabeled.store, "tsne", embeddings, "--pca", "--color-by", tags), "elsewhere.csv", "none")
+    assert_user_error(cli(unlabeled.store, "tsne", embeddings, "--pca", "--color-by", tags), "elsewhere.csv", "none")
 
 
 # ---------------------------------------------------------------- compare
