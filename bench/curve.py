@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from records import command_line, write_record
 
 from clt import plots, stages
 from clt.features import extract_features
@@ -34,6 +35,8 @@ from clt.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# the section of docs/results.md a recipe's curve belongs to; others are read as diagnoses
+STUDY_OF_RECIPE = {"cifar10_triplet": "cifar10_triplet", "cifar10_simclr_cpu": "simclr_cpu"}
 
 
 def main() -> None:
@@ -78,22 +81,33 @@ def main() -> None:
         print(f"epoch {epoch:3d}  {seconds or 0:7.0f} s  {args.k}-NN {accuracy:6.2f} %  "
               f"(scored in {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
+    write(name, artifact, rows, data, args)
+
+
+def write(name: str, artifact, rows: list[dict], data, args) -> None:
+    """The curve as a table (NAME.md), a record (NAME.json) and a picture (NAME.png) in bench/results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python bench/curve.py " + " ".join(sys.argv[1:])
+    recipe = artifact.manifest["recipe"]["name"]
+    command = command_line("curve.py", STORE=args.artifacts)
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}"
     protocol = f"{args.k}-NN accuracy % ({args.train:,} train, {len(data.test):,} test)"
     lines = [f"| epoch | trained at (px) | training time (s) | {protocol} | loss |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['epoch']} | {r['image_height']} | {r['train_seconds']:.0f} | {r['knn_accuracy']:.2f} | "
               + (f"{r['loss']:.4f} |" if r["loss"] is not None else "– |") for r in rows]
-    text = "\n".join(lines) + (f"\n\nEncoder {artifact.short} ({artifact.manifest['recipe']['name']}, "
-                               f"trained on {artifact.manifest.get('device', '?')}). Command: `{command}` on "
-                               f"{machine}.\n")
+    text = "\n".join(lines) + (f"\n\nEncoder {artifact.short} ({recipe}, trained on "
+                               f"{artifact.manifest.get('device', '?')}). Command: `{command}` on {machine}.\n")
     (RESULTS / f"{name}.md").write_text(text)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"encoder": artifact.id, "rows": rows, "command": command,
-                                                      "k": args.k, "train": args.train}, indent=1))
-    plots.accuracy_curve(rows, RESULTS / f"{name}.png",
-                         f"{artifact.manifest['recipe']['name']}: {args.k}-NN accuracy while training")
+    write_record(RESULTS / f"{name}.json",
+                 {"encoder": artifact.id, "rows": rows, "command": command, "k": args.k, "train": args.train},
+                 study=STUDY_OF_RECIPE.get(recipe, "diagnose"), command=command,
+                 title=f"{args.k}-NN of the {rows[-1]['epoch']}-epoch {recipe} encoder's snapshots against "
+                       "training time",
+                 protocol=f"each kept snapshot at {data.in_shape[1]} px, {args.k}-NN of {len(data.test):,} test "
+                          f"images against {args.train:,} balanced train embeddings",
+                 figures={f"epoch {r['epoch']}": {"path": f"rows.{i}.knn_accuracy", "format": "pct_raw", "digits": 2}
+                          for i, r in enumerate(rows)})
+    plots.accuracy_curve(rows, RESULTS / f"{name}.png", f"{recipe}: {args.k}-NN accuracy while training")
     print(text)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from equal_budget import OBJECTIVES, SHARED_SETUP
 from images import cpu_model
 from published import Run, ensure
+from records import command_line, write_record
 
 import clt
 
@@ -94,19 +95,43 @@ def main() -> None:
         rows = [r for r in rows if r["variant"] != text] + [run_variant(run, text, args)]
         print(table(rows[-1:]), file=sys.stderr, flush=True)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            import subprocess
-
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip()
-            record = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": cpu_model(),
-                      "command": "python bench/diagnose.py " + " ".join(sys.argv[1:]), "epochs": args.epochs,
-                      "train_limit": args.limit, "rows": rows}
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(args.out)
-            write_markdown(record, args.out.with_suffix(".md"))
+            save(rows, args)
     print(table(rows))
+
+
+def save(rows: list[dict], args) -> None:
+    """The rows so far as a record at --out (after every variant, so a stopped run keeps the finished
+    ones), and as a page beside it."""
+    command = command_line("diagnose.py", STORE=args.store)
+    data = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "machine": cpu_model(), "command": command,
+            "epochs": args.epochs, "train_limit": args.limit, "rows": rows}
+    record = write_record(
+        args.out, data, study="diagnose", command=command,
+        title=f"{args.out.stem}: {args.epochs} epochs on {args.limit:,} CIFAR-10 images, one change at a time",
+        protocol="ResNet-20 w16, batch 256, simclr_cifar augmentation; online 200-NN of 2,000 test images "
+                 "against 10,000 train images",
+        figures=figures(rows))
+    write_markdown(record, args.out.with_suffix(".md"))
+
+
+def figures(rows: list[dict]) -> dict:
+    """Each variant's online 200-NN after its last epoch, or what stopped it."""
+    out: dict = {}
+    for i, row in enumerate(rows):
+        if row.get("diverged"):
+            out[f"{row['variant']}: diverged"] = row["diverged"]
+        elif row["epochs"]:
+            last = len(row["epochs"])
+            out[f"{row['variant']}: online 200-NN % after epoch {last}"] = {
+                "path": f"rows.{i}.epochs.{last - 1}.knn_accuracy", "format": "pct", "digits": 2}
+    return out
+
+
+def git_commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
 
 
 if __name__ == "__main__":

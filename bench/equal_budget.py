@@ -32,6 +32,7 @@ from pathlib import Path
 
 from images import cpu_model
 from published import Run, ensure, trial_step_seconds
+from records import STUDIES, command_line, write_record
 
 import clt
 from clt.atomic import written_aside
@@ -138,9 +139,8 @@ def provenance(machine: str, precision: str | None, started: float) -> dict:
 
 
 def record_header(result: dict, args) -> dict:
-    """The header bench/records.py reads: what ran, when, at which commit, on which machine."""
-    from records import STUDIES
-
+    """What bench/records.py's write_record needs to head a row's record: its study, title, command,
+    protocol and figures (the date, commit and machine it stamps itself)."""
     study = args.results if args.results in STUDIES else "equal_budget"
     name = "untrained encoder (no pretraining)" if result["objective"] == UNTRAINED else result["objective"]
     budget = f"{result['epochs']} epochs of the shipped recipe" if args.epochs else f"a {args.budget} s budget"
@@ -151,8 +151,7 @@ def record_header(result: dict, args) -> dict:
         figures["effective rank at the end (of 64)"] = {"path": "final_rank", "format": "num", "digits": 1}
     figures["pretrain s"] = {"path": "pretrain_s", "format": "num", "digits": 0}
     return {"study": study, "title": f"{name}, seed {result['seed']}, {result['precision']}",
-            "date": result["date"], "commit": result["commit"], "commit_is": "run", "machine": result["cpu"],
-            "command": result["command"].replace(str(args.artifacts), "STORE"),
+            "command": result["command"],
             "protocol": f"CIFAR-10, ResNet-20 w16, {budget}, batch 256; linear probe (30 epochs, all labels) "
                         "and 200-NN of 10,000 test images against all 50,000 train embeddings",
             "figures": figures}
@@ -288,9 +287,8 @@ def main() -> None:
                 print(f"== {name}: kept {path.name}", file=sys.stderr)
                 continue
             result = run_untrained(run, machine, args) if name == UNTRAINED else run_one(run, name, machine, args)
-            with written_aside(path) as tmp:
-                result["command"] = result["command"].replace(str(args.artifacts), "STORE")  # no machine paths
-                tmp.write_text(json.dumps({"record": record_header(result, args), **result}, indent=1))
+            result["command"] = command_line("equal_budget.py", STORE=args.artifacts)  # no machine paths
+            write_record(path, result, **record_header(result, args))
             print(write_table(out), flush=True)
     print(write_table(out))
     if any(r["seed"] == 0 for rows in results_by_machine(out).values() for r in rows):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from images import cpu_model
+from records import command_line, write_record
 
 import clt
 
@@ -124,8 +125,7 @@ def main() -> None:
     record = {
         "study": "folder_photos", "title": f"{Path(args.recipe).name} on 6,000 unlabeled photos",
         "date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "commit_is": "run", "machine": cpu_model(),
-        "command": "python bench/folder_photos.py" + (f" --minutes {args.minutes:g}" if args.minutes else "")
-                   + " --write",
+        "command": command_line("folder_photos.py", STORE=args.artifacts, WORK=args.work),
         "protocol": (f"{len(base_paths)} CIFAR-10 train photos as an unlabeled flat folder; "
                      f"{len(query_paths)} test photos query them by cosine 1-NN; same class = hit"),
         "figures": {"epochs": {"path": "epochs", "format": "num", "digits": 0},
@@ -141,9 +141,8 @@ def main() -> None:
     }
     print(json.dumps(record, indent=1))
     if args.write:
-        header = {k: record[k] for k in ("study", "title", "date", "commit", "commit_is", "machine", "command",
-                                         "protocol", "figures")}
-        (RESULTS / "folder_photos.json").write_text(json.dumps({"record": header, **record}, indent=1) + "\n")
+        write_record(RESULTS / "folder_photos.json", record,
+                     **{k: record[k] for k in ("study", "title", "command", "protocol", "figures")})
         (RESULTS / "folder_photos.md").write_text(markdown(record))
 
 

@@ -12,15 +12,14 @@ PROBE_ID is a probe of it. Writes bench/results/images.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from records import command_line, write_record
 
 import clt
 from clt.devices import cpu_supports_bf16
@@ -62,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     store = clt.open_store(args.artifacts)
     encoder = clt.load_encoder(args.encoder, store=store)
-    test = clt.load_dataset(clt.show(encoder.id, store=store)["inputs"]["dataset"], store=store).test
+    manifest = clt.show(encoder.id, store=store)
+    test = clt.load_dataset(manifest["inputs"]["dataset"], store=store).test
     images, labels = test.images.numpy(), test.labels.numpy()
     figures: dict = {"encoder": encoder.id, "probe": args.probe, "images": len(images), "cpu": cpu_name()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +83,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         figures.update(embed_images_s=round(seconds, 2), embed_images_per_s=round(len(images) / seconds, 1))
         figures.update(onnx_check(store, encoder, args.probe, images, labels, Path(tmp)))
-    write(figures)
+    write(figures, args, title=f"The {manifest['recipe']['name']} encoder on {len(images):,} PNG files")
 
 
 def onnx_check(store, encoder, probe: str, images: np.ndarray, labels: np.ndarray, tmp: Path) -> dict:
@@ -103,8 +103,8 @@ def onnx_check(store, encoder, probe: str, images: np.ndarray, labels: np.ndarra
             "onnx_images_per_s": round(len(images) / onnx_s, 1)}
 
 
-def write(figures: dict) -> None:
-    command = "python bench/images.py " + " ".join(sys.argv[1:])
+def write(figures: dict, args, title: str) -> None:
+    command = command_line("images.py", STORE=args.artifacts)
     text = "\n".join([
         "| measure | value |", "|---|---|",
         f"| `clt evaluate ENC --knn 10` on the stored test split | {100 * figures['evaluate_knn_accuracy']:.2f} % |",
@@ -119,7 +119,15 @@ def write(figures: dict) -> None:
     ]) + f"\n\nCommand: `{command}` on {figures['cpu']} (2 cores).\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "images.md").write_text(text)
-    (RESULTS / "images.json").write_text(json.dumps({**figures, "command": command}, indent=1))
+    pct = {"format": "pct", "digits": 2}
+    write_record(RESULTS / "images.json", {**figures, "command": command}, study="images", title=title,
+                 command=command, protocol=f"the encoder's test split written as PNG files; kNN {args.k}; ONNX "
+                                           "export run by onnxruntime",
+                 figures={f"evaluate {args.k}-NN %": {"path": "evaluate_knn_accuracy", **pct},
+                          f"predict {args.k}-NN on PNGs %": {"path": "predict_knn_accuracy", **pct},
+                          "embed images/s": {"path": "embed_images_per_s", "format": "num", "digits": 0},
+                          "probe %": {"path": "probe_accuracy", **pct},
+                          "probe on ONNX features %": {"path": "onnx_probe_accuracy", **pct}})
     print(text)
 
 

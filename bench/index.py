@@ -28,18 +28,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import platform
 import resource
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from records import command_line, portable, write_record
 
 from clt.metrics import nearest_neighbours
 from clt.stages.search import HNSW, IVF, _faiss_build, faiss_module
@@ -81,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- machine
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, command: str) -> dict:
     model, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -98,7 +96,7 @@ def machine_info(threads: int) -> dict:
             "threads": threads, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "faiss": faiss.__version__, "faiss_simd": _faiss_simd(faiss), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
-            "command": shlex.join([sys.executable, *sys.argv])}
+            "command": command}
 
 
 def _faiss_simd(faiss) -> str:
@@ -459,7 +457,8 @@ def _yes(flag: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    machine = machine_info(args.threads)
+    command = command_line("index.py", argv, TRAIN_EMBEDDINGS=args.real_embeddings)
+    machine = machine_info(args.threads, command)
     print(f"CPU {machine['cpu']} avx2={machine['avx2']} avx512f={machine['avx512f']}, {args.threads} threads; "
           f"peak memory: {MEMORY_METHOD}", flush=True)
     started = time.perf_counter()
@@ -471,18 +470,30 @@ def main(argv: list[str] | None = None) -> None:
     md.parent.mkdir(parents=True, exist_ok=True)
     report = markdown(results, machine, overall, args)
     md.write_text(report, encoding="utf-8")
-    payload = {"machine": machine, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    named = {"real_embeddings": "TRAIN_EMBEDDINGS" if args.real_embeddings else None, "out": portable(args.out, {})}
+    payload = {"machine": machine, "args": {**vars(args), **named},  # no path of this machine in the record
                "memory_method": MEMORY_METHOD, "results": results, "overall": overall,
                "seconds": round(time.perf_counter() - started, 1)}
-    js.write_text(json.dumps(payload, indent=2, default=_json_default), encoding="utf-8")
+    write_record(js, payload, study="images", command=command,
+                 title=f"Exact against approximate search over {results[0]['n']:,} × {results[0]['dim']} vectors",
+                 protocol=f"{args.queries:,} held-out queries, {args.metric}, k = {args.k}; "
+                          + "; ".join(f"{r['dataset']}: {r['note']}" for r in results),
+                 figures=index_figures(results, args.k))
     print(report)
     print(f"wrote {md} and {js} ({payload['seconds']} s)")
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def index_figures(results: list[dict], k: int) -> dict:
+    """Recall and speed-up of clt's default HNSW and IVF settings on each dataset, and the wall time."""
+    out = {}
+    for i, result in enumerate(results):
+        for kind in ("hnsw", "ivf"):
+            where = f"results.{i}.choice.{kind}"
+            out[f"{kind.upper()} default recall@{k} ({result['dataset']})"] = {
+                "path": f"{where}.default_recall", "format": "num", "digits": 3}
+            out[f"{kind.upper()} default × exact q/s ({result['dataset']})"] = {
+                "path": f"{where}.default_speedup", "format": "num", "digits": 1}
+    return {**out, "wall time s": {"path": "seconds", "format": "num", "digits": 0}}
 
 
 if __name__ == "__main__":

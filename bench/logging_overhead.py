@@ -8,19 +8,18 @@ Timings on shared or busy cores are noise: time on quiet ones.
 
     python bench/logging_overhead.py                       # digits SimCLR, 3 epochs, 3 repeats
     python bench/logging_overhead.py --recipe recipes/cifar10_simclr_cpu.yaml --set data.train_limit=5000
-    python bench/logging_overhead.py --write               # also bench/results/logging_overhead_<date>.json
+    python bench/logging_overhead.py --write               # also bench/results/logging_overhead_<recipe>.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from records import command_line, write_record
 
 from clt.runlog import METRICS_FILE, MetricsStream, TensorBoardSink
 from clt.stages.context import Context
@@ -29,6 +28,8 @@ from clt.stages.pretrain import _setup, _step_logger, augmenter
 from clt.store import Store
 from clt.train import pretrain
 
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 MODES = ("none", "metrics.jsonl", "metrics.jsonl + tensorboard")
 
 
@@ -80,36 +81,28 @@ def main() -> None:
     for mode in MODES:
         print(f"{mode:<30} {1000 * median[mode]:>10.3f} {100 * (median[mode] / median['none'] - 1):>8.2f}%")
     if args.write:
-        write_record(args, recipe, steps, per_step, median)
+        save_record(args, steps, per_step, median)
 
 
-def write_record(args, recipe, steps: int, per_step: dict[str, list[float]], median: dict[str, float]) -> None:
-    import sys
-
-    from images import cpu_model
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+def save_record(args, steps: int, per_step: dict[str, list[float]], median: dict[str, float]) -> None:
     stem = Path(args.recipe).stem
     overhead = {mode: median[mode] / median["none"] - 1 for mode in MODES if mode != "none"}
-    command = "python bench/logging_overhead.py " + " ".join(
-        a if a != args.artifacts else "STORE" for a in sys.argv[1:])
-    header = {"study": "speed", "title": f"what logging costs a training step ({stem})",
-              "date": datetime.date.today().isoformat(), "commit": commit, "commit_is": "run",
-              "machine": cpu_model(), "command": command,
-              "protocol": f"{args.repeats} interleaved repeats of {args.epochs} epochs × {steps} steps per mode, "
-                          "median seconds per step, the cores to itself",
-              "figures": {"ms per step, no logging": {"path": "median_ms_per_step.none", "format": "num",
-                                                      "digits": 2},
-                          "metrics.jsonl overhead %": {"path": "overhead_metrics_jsonl", "format": "pct"},
-                          "with TensorBoard overhead %": {"path": "overhead_tensorboard", "format": "pct"}}}
-    record = {"record": header, "recipe": args.recipe, "overrides": args.overrides, "epochs": args.epochs,
-              "steps_per_run": steps, "repeats": args.repeats, "seconds_per_step": per_step,
-              "median_ms_per_step": {k.split(" ")[0] if k == "none" else k: 1000 * v for k, v in median.items()},
-              "overhead": overhead, "overhead_metrics_jsonl": overhead["metrics.jsonl"],
-              "overhead_tensorboard": overhead["metrics.jsonl + tensorboard"]}
-    path = Path("bench/results") / f"logging_overhead_{stem}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
+    data = {"recipe": args.recipe, "overrides": args.overrides, "epochs": args.epochs,
+            "steps_per_run": steps, "repeats": args.repeats, "seconds_per_step": per_step,
+            "median_ms_per_step": {k.split(" ")[0] if k == "none" else k: 1000 * v for k, v in median.items()},
+            "overhead": overhead, "overhead_metrics_jsonl": overhead["metrics.jsonl"],
+            "overhead_tensorboard": overhead["metrics.jsonl + tensorboard"]}
+    path = RESULTS / f"logging_overhead_{stem}.json"
+    write_record(
+        path, data, study="speed",
+        title=f"what logging costs a training step ({stem})",
+        command=command_line("logging_overhead.py", STORE=args.artifacts),
+        protocol=f"{args.repeats} interleaved repeats of {args.epochs} epochs × {steps} steps per mode, "
+                 "median seconds per step, the cores to itself",
+        figures={"ms per step, no logging": {"path": "median_ms_per_step.none", "format": "num", "digits": 2},
+                 "metrics.jsonl overhead %": {"path": "overhead_metrics_jsonl", "format": "pct"},
+                 "with TensorBoard overhead %": {"path": "overhead_tensorboard", "format": "pct"}})
+    print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -86,12 +86,15 @@ from pathlib import Path
 import numpy as np
 from images import cpu_model, cpu_name
 from published import trial_step_seconds
+from records import command_line, write_record
 
 import clt
 from clt.atomic import written_aside
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+PCT = {"format": "pct", "digits": 2}  # a record figure's format: a fraction shown as a percentage
+VIEWS = {"format": "num", "digits": 1}
 
 
 def peak_mib() -> float:
@@ -310,14 +313,25 @@ def equal_time(store, args) -> None:
     figures = {}
     figures["clt"], fresh = clt_equal_time(store, data, args)
     print(json.dumps(figures), flush=True)
-    figures[f"lightly {lightly.__version__}"] = lightly_equal_time(fresh, data, figures["clt"]["seconds"], args)
-    command = "python bench/peer_lightly.py " + " ".join(sys.argv[1:])
+    lightly_side = lightly_equal_time(fresh, data, figures["clt"]["seconds"], args)
+    figures[f"lightly {lightly.__version__}"] = lightly_side
+    command = command_line("peer_lightly.py", STORE=args.artifacts)
     rows = [f"| {name} | {f['epochs']} | {f['seconds'] / 60:.1f} min | {f['precision']} | {100 * f['knn200']:.2f} | "
             f"{100 * f['linear']:.2f} |" for name, f in figures.items()]
     text = "\n".join(["| loop | epochs | pretrain wall time | precision | 200-NN % | linear % |",
                       "|---|---|---|---|---|---|", *rows])
     text += f"\n\nCommand: `{command}` ({args.minutes:g} minutes each, batch {args.batch}), on {cpu_model()}.\n"
-    write_results("peer_lightly_equal_time", text, {**figures, "command": command})
+    clt_side = figures["clt"]
+    write_results(
+        "peer_lightly_equal_time", text, {**figures, "command": command}, command=command,
+        title=f"SimCLR at equal wall time: clt against lightly {lightly.__version__}, ResNet-20 w16, "
+              f"{clt_side['precision']}",
+        protocol=f"{args.minutes:g} minutes of pretraining each, then 200-NN over all {len(data.train):,} train "
+                 "images and a 30-epoch linear probe; one seed",
+        figures={"clt 200-NN %": {"path": "clt.knn200", **PCT}, "clt linear %": {"path": "clt.linear", **PCT},
+                 "clt epochs": {"path": "clt.epochs", "format": "num", "digits": 0},
+                 # "lightly 1.6.0" holds dots, which a figure's path cannot name: its numbers are written out
+                 **lightly_figures(lightly_side)})
     print(text)
 
 
@@ -513,7 +527,7 @@ def lightly_epochs(encoder, images: np.ndarray, precision: str, args) -> dict:
             "epoch_losses": epoch_losses, "diverged": diverged}
 
 
-def provenance(started: float) -> dict:
+def provenance(started: float, args) -> dict:
     import subprocess
 
     def git(*argv: str) -> str:
@@ -522,7 +536,7 @@ def provenance(started: float) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "--short", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "machine": cpu_model(),
             "total_s": round(time.time() - started, 1),
-            "command": "python bench/peer_lightly.py " + " ".join(sys.argv[1:])}
+            "command": command_line("peer_lightly.py", STORE=args.artifacts)}
 
 
 def equal_epochs(store, args) -> None:
@@ -559,12 +573,10 @@ def equal_epochs(store, args) -> None:
         lightly_side.update(scores(fresh, data, IMAGENET_NORMALIZE["mean"], IMAGENET_NORMALIZE["std"]))
     figures = {"method": args.method, "epochs": args.epochs, "batch": args.batch, "precision": precision,
                "train_images": len(data.train), "head_divisor": args.head_divisor, "paper_heads": args.paper_heads,
-               "clt": clt_side, f"lightly {lightly.__version__}": lightly_side, **provenance(started)}
+               "clt": clt_side, f"lightly {lightly.__version__}": lightly_side, **provenance(started, args)}
     limited = f"_limit{args.train_limit}" if args.train_limit else ""
     out = RESULTS / "peer_lightly" / f"{args.method}_{args.epochs}ep_{precision}{limited}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with written_aside(out) as tmp:
-        tmp.write_text(json.dumps(figures, indent=1))
+    write_record(out, figures, **equal_epochs_header(figures, lightly_side, args))
     for name, side in (("clt", clt_side), (f"lightly {lightly.__version__}", lightly_side)):
         read_out = (f"200-NN {100 * side['knn200']:.2f} %, linear {100 * side['linear']:.2f} %" if "knn200" in side
                     else "not scored")
@@ -573,13 +585,40 @@ def equal_epochs(store, args) -> None:
 
 
 
-def write_results(name: str, table: str, figures: dict) -> None:
-    """bench/results/NAME.md and NAME.json, each written aside and renamed into place."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, table: str, data: dict, *, title: str, command: str, protocol: str,
+                  figures: dict) -> None:
+    """bench/results/NAME.md and the record NAME.json, each written aside and renamed into place."""
     with written_aside(RESULTS / f"{name}.md") as tmp:
         tmp.write_text(table)
-    with written_aside(RESULTS / f"{name}.json") as tmp:
-        tmp.write_text(json.dumps(figures, indent=1))
+    write_record(RESULTS / f"{name}.json", data, study="simclr_cpu", title=title, command=command,
+                 protocol=protocol, figures=figures)
+
+
+def lightly_figures(side: dict) -> dict:
+    """lightly's side of a comparison as written-out figures (what it has: an unscored run has no read-out)."""
+    shown = {"200-NN %": ("knn200", lambda v: f"{100 * v:.2f}"), "linear %": ("linear", lambda v: f"{100 * v:.2f}"),
+             "epochs": ("epochs", str), "pretrain s": ("seconds", lambda v: f"{v:,.0f}")}
+    out = {f"lightly {label}": show(side[key]) for label, (key, show) in shown.items() if side.get(key) is not None}
+    if side.get("diverged"):
+        out["lightly diverged"] = str(side["diverged"])
+    return out
+
+
+def equal_epochs_header(figures: dict, lightly_side: dict, args) -> dict:
+    """The record header of an equal-epochs run: under the fixed 10-epoch protocol of each method when it
+    is one, with the diagnoses otherwise (fewer epochs, a train limit, a smoke run)."""
+    scored = "" if args.no_score else "; 200-NN and a 30-epoch linear probe on all labels, the same code for both"
+    heads = "lightly's named 3-layer heads" if args.paper_heads else "lightly's CIFAR-10 benchmark heads"
+    clt_figures = {"clt pretrain s": {"path": "clt.seconds", "format": "num", "digits": 0}}
+    if "knn200" in figures["clt"]:
+        clt_figures |= {"clt 200-NN %": {"path": "clt.knn200", **PCT}, "clt linear %": {"path": "clt.linear", **PCT}}
+    return {"study": "methods_10ep" if args.epochs == 10 and not args.train_limit else "diagnose",
+            "title": f"{args.method}, {args.epochs} epochs: clt against lightly's loop, ResNet-20 w16, "
+                     f"{figures['precision']}",
+            "command": figures["command"],
+            "protocol": f"CIFAR-10, {figures['train_images']:,} train images, batch {args.batch}, both sides in "
+                        f"{figures['precision']}; {heads} with widths over {args.head_divisor}{scored}",
+            "figures": {**clt_figures, **lightly_figures(lightly_side)}}
 
 
 def main() -> None:
@@ -639,12 +678,20 @@ def write(figures: dict, args) -> None:
         run = figures[key]
         rows.append(f"| clt `pretrain` of cifar10_simclr_r18, {run['precision']} | {run['views_per_s']} | "
                     f"{run['views_per_s'] / lightly_vps:.2f} | batches augmented on the device | {run['peak_mib']} |")
-    command = "python bench/peer_lightly.py " + " ".join(sys.argv[1:])
+    command = command_line("peer_lightly.py", STORE=args.artifacts)
     cpu = cpu_name()
     text = "\n".join(["| loop | views/s | × lightly | data | process peak MiB after it |", "|---|---|---|---|---|",
                       *rows]) + f"\n\nCommand: `{command}` (ResNet-18 CIFAR stem, batch {args.batch}, "\
         f"{args.steps} steps each, the first one left out of lightly's rate), on {cpu}.\n"
-    write_results("peer_lightly", text, {**figures, "command": command})
+    auto = figures["clt_auto"]["precision"]
+    write_results(
+        "peer_lightly", text, {**figures, "command": command}, command=command,
+        title=f"SimCLR step speed: clt against lightly {lightly.__version__}'s documented loop, ResNet-18",
+        protocol=f"same torchvision ResNet-18 (CIFAR stem), projection 512-512-128, NT-Xent 0.5, SGD, batch "
+                 f"{args.batch} of two views, {args.steps} steps each in one process",
+        figures={"lightly views/s": {"path": "lightly.views_per_s", **VIEWS},
+                 "clt fp32 views/s": {"path": "clt_fp32.views_per_s", **VIEWS},
+                 f"clt {'auto (fp32)' if auto == 'fp32' else auto} views/s": {"path": "clt_auto.views_per_s", **VIEWS}})
     print(text)
 
 

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from records import command_line, write_record
+
 import clt
 from clt.cli.render import compare_markdown
 
@@ -144,16 +146,13 @@ EXPERIMENTS = {
 def write(name: str, run: Run, ids: list[str], seconds: float, args) -> None:
     rows = clt.compare(ids, store=run.store)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python bench/published.py " + " ".join(sys.argv[1:])
+    command = command_line("published.py", STORE=args.artifacts, OUT=args.results, DATASETS=args.shared)
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, device {args.device}"
     text = compare_markdown(rows) + f"\n\nCommand: `{command}` — total {seconds:.0f} s on {machine}.\n"
     (RESULTS / f"{name}.md").write_text(text)
-    from records import restamped
-
     data = {"rows": rows, "command": command, "seconds": seconds, "ids": ids}
-    record = restamped(RESULTS / f"{name}.json", data, study="published", title=name, command=command,
-                       protocol=f"bench/published.py {name}: the `clt compare` table of its runs")
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    write_record(RESULTS / f"{name}.json", data, study="published", title=name, command=command,
+                 protocol=f"bench/published.py {name}: the `clt compare` table of its runs", default=str)
     print(text)
 
 

@@ -15,7 +15,6 @@ come from bench/published.py at full budget.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 from published import Run, ensure
+from records import command_line, write_record
 
 import clt
 
@@ -119,12 +119,20 @@ def write(rows: list[dict], args) -> None:
             r["recipe"], r["dataset"], r["encoder"], r["objective"], f"{r['train_images']:,} × {r['epochs']}",
             f"{r['probe']} ({r['labels']:,})", _pct(r["accuracy"]), _pct(r["pair_accuracy"]),
             _s(r["pretrain_s"]), _s(r["probe_s"]), _s(r["evaluate_s"])]) + " |")
-    command = "python bench/recipes.py " + " ".join(sys.argv[1:])
+    command = command_line("recipes.py", STORE=args.artifacts)
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, device {args.device}"
     text = "\n".join(lines) + f"\n\nCommand: `{command}` on {machine}.\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.md").write_text(text)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"rows": rows, "command": command}, indent=1))
+    epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
+    write_record(RESULTS / f"{args.out}.json", {"rows": rows, "command": command}, study="recipes", command=command,
+                 title=f"{', '.join(args.recipes) or 'Every recipe'}: {epochs} on a subset, probe on "
+                       f"{args.labels:,} labels",
+                 protocol=f"{epochs} on a class-balanced train subset ({args.mnist_images:,} MNIST, "
+                          f"{args.cifar_images:,} CIFAR-10, {args.gpu_recipe_images:,} for ResNet-18/50); "
+                          "full test split",
+                 figures={f"{r['recipe']} %": {"path": f"rows.{i}.accuracy", "format": "pct", "digits": 2}
+                          for i, r in enumerate(rows)})
     print(text, flush=True)
 
 

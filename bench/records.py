@@ -22,6 +22,10 @@ into the record's own data (`path`, dots between keys and list indices) with a f
 (a fraction shown as a percentage), `pct_raw` (already a percentage), `num` (`digits` decimals,
 default 1). A pointer to a list joins its items; to {"mean", "std"}, it shows mean ± std.
 
+A benchmark script writes its record with `write_record` (the header from `restamped`, the file
+renamed into place whole) and names its command with `command_line`, which writes the store and
+output folders as STORE and OUT instead of this machine's paths.
+
     python bench/records.py           # rewrite docs/results.md
     python bench/records.py --check   # exit 1 if docs/results.md is not what the records give
 """
@@ -30,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -56,10 +63,15 @@ STUDIES = {
 }
 
 
-def restamped(path: Path, data: dict, *, study: str, title: str, command: str, protocol: str) -> dict:
+WALL_TIME = {"wall time s": {"path": "seconds", "format": "num", "digits": 0}}
+
+
+def restamped(path: Path, data: dict, *, study: str, title: str, command: str, protocol: str,
+              figures: dict | None = None) -> dict:
     """`data` under the record header of the file it replaces (its title, protocol and figures,
     which point into the same layout), re-stamped with today's date, this checkout's commit, this
-    machine and `command`; a first record gets a header from the arguments and its wall time."""
+    machine and `command`; a first record gets a header from the arguments (`figures`, else its
+    wall time)."""
     import datetime
     import subprocess
 
@@ -70,14 +82,91 @@ def restamped(path: Path, data: dict, *, study: str, title: str, command: str, p
     except (OSError, ValueError):
         old = {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    # literal figures are numbers of the old run written by hand: only pointers into the data carry over
-    pointers = {k: v for k, v in (old.get("figures") or {}).items() if isinstance(v, dict)}
     header = {"study": study, "title": title, "protocol": protocol,
-              "figures": pointers or {"wall time s": {"path": "seconds", "format": "num", "digits": 0}},
+              "figures": merged_figures(old.get("figures") or {}, figures or {}, data),
               **{k: old[k] for k in ("study", "title", "protocol") if old.get(k)},
               "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip(), "commit_is": "run",
               "machine": cpu_model(), "command": command}
     return {"record": header, **{k: v for k, v in data.items() if k != "record"}}
+
+
+def merged_figures(old: dict, given: dict, data: dict) -> dict:
+    """The old record's pointers that still point into `data`, then the script's own figures.
+
+    Literal figures are numbers of the old run written by hand: only pointers carry over. A pointer
+    the script gives for the same label or path wins: it was made for this layout, while an old
+    index may now name another row (a re-run of fewer recipes, a variant run again)."""
+    # a pointer into nothing would make records.py refuse the whole record after a long run
+    fresh = {label: spec for label, spec in given.items()
+             if not isinstance(spec, dict) or points_into(data, spec["path"])}
+    claimed = {spec["path"] for spec in fresh.values() if isinstance(spec, dict)}
+    kept = {label: spec for label, spec in old.items()
+            if isinstance(spec, dict) and label not in fresh and spec["path"] not in claimed
+            and points_into(data, spec["path"])}
+    return {**kept, **fresh} or WALL_TIME
+
+
+def points_into(data: dict, path: str) -> bool:
+    try:
+        lookup(data, path)
+    except (KeyError, IndexError, ValueError, TypeError):
+        return False
+    return True
+
+
+def write_record(path: Path, data: dict, *, study: str, title: str, command: str, protocol: str,
+                 figures: dict | None = None, default: Callable[[Any], Any] | None = None) -> dict:
+    """Write `data` to `path` as a record (see `restamped` for the header) and return it.
+
+    The JSON is encoded first and written under a temporary name beside `path`, then renamed over
+    it: a run killed mid-write, or data JSON cannot encode, leaves the old record as it was.
+    `default` encodes what json cannot; without it, `plain` does (numpy and torch values, paths).
+
+    Example: write_record(RESULTS / "speed_pair.json", results, study="speed", title="...",
+                          command=command_line("speed.py"), protocol="...",
+                          figures={"clt images/s": {"path": "pair.clt.images_per_s", "format": "num"}})
+    """
+    from clt.atomic import written_aside
+
+    path = Path(path)
+    record = restamped(path, data, study=study, title=title, command=command, protocol=protocol, figures=figures)
+    text = json.dumps(record, indent=1, default=default or plain) + "\n"
+    with written_aside(path) as tmp:
+        tmp.write_text(text)
+    return record
+
+
+def plain(value: Any) -> Any:
+    """What json cannot encode by itself: numpy and torch values become Python numbers or lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "dtype") and callable(getattr(value, "tolist", None)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def command_line(script: str, argv: Sequence[str] | None = None, **folders: str | Path | None) -> str:
+    """`python bench/SCRIPT ARGS` as a reader types it, with no path of this machine in it.
+
+    Each folder argument is named by its placeholder, e.g. `command_line("curve.py", STORE=args.artifacts)`
+    writes `--artifacts STORE` (files under it as `STORE/...`); any other absolute path inside the
+    checkout is written relative to it, and one outside it by its name alone."""
+    named = {name: str(folder).rstrip("/") for name, folder in folders.items() if str(folder or "").rstrip("/")}
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", f"bench/{script}", *(portable(arg, named) for arg in args)])
+
+
+def portable(arg: str, named: dict[str, str]) -> str:
+    """One argument with its machine path replaced, whole (`/x/store`) or after a `=` (`--out=/x/y`)."""
+    for name, folder in named.items():
+        if arg == folder or arg.startswith(folder + "/"):
+            return name + arg[len(folder):]
+    if "=" in arg:
+        key, value = arg.split("=", 1)
+        return f"{key}={portable(value, named)}"
+    if arg.startswith("/"):
+        return Path(arg).relative_to(ROOT).as_posix() if Path(arg).is_relative_to(ROOT) else Path(arg).name
+    return arg
 
 
 class RecordError(ValueError):

@@ -21,12 +21,12 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from records import command_line, write_record
 from torch import nn
 
 from clt.data.augment import BatchAugment, resolve_spec
@@ -339,6 +339,46 @@ BENCHES = {"pair": bench_pair, "pair_target": bench_pair_target, "simclr": bench
            "simclr_layouts": bench_simclr_layouts, "simclr_cifar": bench_simclr_cifar}
 
 
+SAME_LOOP = ("same model, optimiser and batch size as the reference loop, back to back in one process, nothing "
+             "else running")
+
+
+def record_figures(name: str, result: dict) -> tuple[str, str, dict]:
+    """(title, protocol, figures) of one bench's record; each figure points into its part, `name`."""
+    def rate(path: str, digits: int = 0) -> dict:
+        return {"path": f"{name}.{path}", "format": "num", "digits": digits}
+
+    if name == "pair":
+        return ("Pairwise MNIST step against a plain PyTorch loop, batch 64", SAME_LOOP,
+                {"reference images/s": rate("reference.images_per_s"), "clt images/s": rate("clt.images_per_s"),
+                 "clt pairs/s": rate("clt.pairs_per_s")})
+    if name == "pair_target":
+        walls = {f"wall s (seed {r['seed']})": rate(f"runs.{i}.wall_s") for i, r in enumerate(result["runs"])}
+        return (f"{result['recipe']}.yaml to the published accuracies, {len(result['runs'])} seeds",
+                "pretrain + probe + evaluate wall time against 10 epochs of the reference loop",
+                {**walls, "mean wall time / reference's 10 epochs": rate("mean_wall_ratio", 2),
+                 "mean linear probe %": {"path": f"{name}.mean_probe_accuracy", "format": "pct", "digits": 2}})
+    if name == "simclr_layouts":
+        return ("SimCLR MNIST step: memory layouts and torch.compile", SAME_LOOP,
+                {f"{layout} views/s": rate(f"{layout}.views_per_s") for layout in result})
+    step = "SimCLR CIFAR-10 ResNet-18 step" if name == "simclr_cifar" else "SimCLR MNIST step"
+    digits = 1 if name == "simclr_cifar" else 0
+    return (f"{step} against a plain PyTorch loop, batch 256", SAME_LOOP,
+            {"reference views/s": rate("reference.views_per_s", digits), "clt views/s": rate("clt.views_per_s", digits),
+             "speed-up": rate("speedup", 2)})
+
+
+def save(results: dict, args) -> None:
+    """bench/results/speed_BENCH.json; `all` puts every bench's figures in one record, each named by its bench."""
+    parts = {name: record_figures(name, results[name]) for name in BENCHES if name in results}
+    command = command_line("speed.py")
+    write_record(RESULTS / f"speed_{args.bench}.json", {**results, "command": command}, study="speed",
+                 title="; ".join(title for title, _, _ in parts.values()), command=command,
+                 protocol="; ".join(dict.fromkeys(protocol for _, protocol, _ in parts.values())),
+                 figures={(f"{name}: {label}" if len(parts) > 1 else label): spec
+                          for name, (_, _, figures) in parts.items() for label, spec in figures.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", choices=[*BENCHES, "all"])
@@ -359,9 +399,7 @@ def main() -> None:
         results[name] = BENCHES[name](args)
         print(json.dumps({name: results[name]}, indent=1), flush=True)
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"speed_{args.bench}.json"
-    out.write_text(json.dumps({**results, "command": "python bench/speed.py " + " ".join(sys.argv[1:])}, indent=1))
+    save(results, args)
     print(json.dumps(results, indent=1))
 
 
