@@ -177,6 +177,8 @@ def load_records(results: Path = RESULTS) -> list[tuple[str, dict]]:
     """(path relative to the repository, header) of every record, sorted by study order, date, path."""
     found = []
     for path in sorted(results.rglob("*.json")):
+        if path.name.startswith("."):  # a write killed mid-way leaves its hidden partial file behind
+            continue
         data = json.loads(path.read_text())
         header = data.get("record")
         name = (path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).as_posix()

@@ -139,3 +139,9 @@ def test_no_bench_script_writes_json_by_hand(script: str):
         "records.write_record, which heads them and renames them into place whole")
     if script in WRITERS:
         assert calls_write_record(tree), f"bench/{script} writes a record without records.write_record"
+
+
+def test_a_partial_file_left_by_a_killed_write_is_not_read_as_a_record(records, tmp_path: Path):
+    write(records, tmp_path / "run.json", {"seconds": 1.0})
+    (tmp_path / ".run.json.partial.json").write_text('{"seconds": 2')  # cut off by the kill
+    assert [name for name, _ in records.load_records(tmp_path)] == [(tmp_path / "run.json").as_posix()]
