@@ -117,7 +117,7 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
         "pretrain_s": encoder.manifest.get("wall_time_s"), "linear": linear, "knn200": knn,
         "curve": [[h["seconds"], h["knn_accuracy"]] for h in history if "knn_accuracy" in h],
         "final_loss": history[-1]["loss"], "final_spread": history[-1]["embedding_spread"],
-        "final_rank": history[-1].get("embedding_rank"),
+        "final_rank": history[-1].get("embedding_rank"), "final_rank_of": history[-1].get("embedding_dim"),
         "collapse_warning_at_end": bool(history[-1].get("collapse_warning")),
         "epoch_records": [{k: h.get(k) for k in ("epoch", "loss", "lr", "embedding_spread", "embedding_rank",
                                                  "knn_accuracy", "seconds")} for h in history],
@@ -148,7 +148,8 @@ def record_header(result: dict, args) -> dict:
                "200-NN %": {"path": "knn200", "format": "pct", "digits": 2},
                "linear %": {"path": "linear", "format": "pct", "digits": 2}}
     if result.get("final_rank") is not None:
-        figures["effective rank at the end (of 64)"] = {"path": "final_rank", "format": "num", "digits": 1}
+        of = result.get("final_rank_of") or 64  # the projection's width: 256 for VICReg's and Barlow Twins' heads
+        figures[f"effective rank at the end (of {of})"] = {"path": "final_rank", "format": "num", "digits": 1}
     figures["pretrain s"] = {"path": "pretrain_s", "format": "num", "digits": 0}
     return {"study": study, "title": f"{name}, seed {result['seed']}, {result['precision']}",
             "command": result["command"],
