@@ -4,7 +4,7 @@ Each experiment runs clt's stages (the same code the CLI calls) at a budget that
 machine, then writes `bench/results/<experiment>.md` and `.json`: the `clt compare` table plus
 epochs and wall time. Real copies of the datasets are read from ../shared/datasets.
 
-    python bench/published.py mnist_pair                  # 10 epochs, linear probe 1 epoch, 3 seeds
+    python bench/published.py mnist_pair                  # 15 epochs, linear probe 1 epoch, 3 seeds
     python bench/published.py mnist_cosine_knn --epochs 5
     python bench/published.py mnist_simclr_100 --epochs 15
     python bench/published.py cifar10_triplet --epochs 30 --device cuda
@@ -78,7 +78,7 @@ def mnist_pair(run, args) -> list[str]:
     ensure(run, "mnist")
     ids = []
     for seed in args.seeds:
-        enc = clt.pretrain(recipe("mnist_pair"), overrides=_epochs(args, 10) + args.set, seed=seed, **run.opts())
+        enc = clt.pretrain(recipe("mnist_pair"), overrides=_epochs(args) + args.set, seed=seed, **run.opts())
         probe = clt.probe(enc.id, **run.opts())
         ids.append(clt.evaluate(probe.id, confusion=True, **run.opts()).id)
     return ids
