@@ -22,7 +22,7 @@ from pathlib import Path
 from equal_budget import OBJECTIVES, SHARED_SETUP
 from images import cpu_model
 from published import Run, ensure
-from records import command_line, write_record
+from records import command_line, git_commit, write_record
 
 import clt
 
@@ -125,13 +125,6 @@ def figures(rows: list[dict]) -> dict:
             out[f"{row['variant']}: online 200-NN % after epoch {last}"] = {
                 "path": f"rows.{i}.epochs.{last - 1}.knn_accuracy", "format": "pct", "digits": 2}
     return out
-
-
-def git_commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from images import cpu_model
 from published import Run, ensure, trial_step_seconds
-from records import STUDIES, command_line, write_record
+from records import STUDIES, command_line, git_commit, write_record
 
 import clt
 from clt.atomic import written_aside
@@ -129,11 +129,8 @@ def run_one(run: Run, name: str, machine: str, args) -> dict:
 
 def provenance(machine: str, precision: str | None, started: float) -> dict:
     """Where, in what precision and by which command a row was made, and its seconds in all."""
-    import subprocess
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {"cpu": cpu_model(), "machine": machine, "precision": precision, "date": time.strftime("%Y-%m-%d"),
-            "commit": commit.stdout.strip(),
+            "commit": git_commit(),
             "total_s": round(time.time() - started, 1),
             "command": "python bench/equal_budget.py " + " ".join(sys.argv[1:])}
 

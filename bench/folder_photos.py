@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from images import cpu_model
-from records import command_line, write_record
+from records import command_line, git_commit, write_record
 
 import clt
 
@@ -144,13 +144,6 @@ def main() -> None:
         write_record(RESULTS / "folder_photos.json", record,
                      **{k: record[k] for k in ("study", "title", "command", "protocol", "figures")})
         (RESULTS / "folder_photos.md").write_text(markdown(record))
-
-
-def git_commit() -> str:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return out.stdout.strip() or "unknown"
 
 
 def markdown(r: dict) -> str:

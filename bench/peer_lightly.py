@@ -86,7 +86,7 @@ from pathlib import Path
 import numpy as np
 from images import cpu_model, cpu_name
 from published import trial_step_seconds
-from records import command_line, write_record
+from records import command_line, git_commit, write_record
 
 import clt
 from clt.atomic import written_aside
@@ -530,11 +530,9 @@ def lightly_epochs(encoder, images: np.ndarray, precision: str, args) -> dict:
 def provenance(started: float, args) -> dict:
     import subprocess
 
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "machine": cpu_model(),
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    return {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "dirty": bool(status), "machine": cpu_model(),
             "total_s": round(time.time() - started, 1),
             "command": command_line("peer_lightly.py", STORE=args.artifacts)}
 

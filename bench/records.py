@@ -73,7 +73,6 @@ def restamped(path: Path, data: dict, *, study: str, title: str, command: str, p
     machine and `command`; a first record gets a header from the arguments (`figures`, else its
     wall time)."""
     import datetime
-    import subprocess
 
     from images import cpu_model
 
@@ -81,13 +80,20 @@ def restamped(path: Path, data: dict, *, study: str, title: str, command: str, p
         old = json.loads(path.read_text()).get("record") or {}
     except (OSError, ValueError):
         old = {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     header = {"study": study, "title": title, "protocol": protocol,
               "figures": merged_figures(old.get("figures") or {}, figures or {}, data),
               **{k: old[k] for k in ("study", "title", "protocol") if old.get(k)},
-              "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip(), "commit_is": "run",
+              "date": datetime.date.today().isoformat(), "commit": git_commit(), "commit_is": "run",
               "machine": cpu_model(), "command": command}
     return {"record": header, **{k: v for k, v in data.items() if k != "record"}}
+
+
+def git_commit() -> str:
+    """The short id of the checkout that runs the bench script: the commit a record names."""
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def merged_figures(old: dict, given: dict, data: dict) -> dict:

@@ -65,6 +65,8 @@ def test_a_rewrite_keeps_the_old_title_protocol_and_figure_pointers(records, tmp
                                  "wall time s": {"path": "seconds", "format": "num"}}
     assert (header["date"], header["commit_is"]) == (datetime.date.today().isoformat(), "run")
     assert header["commit"] != "abcdef0" and header["machine"] != "old box"
+    [(_, loaded)] = records.load_records(tmp_path)  # the rewritten record still loads, with this run's numbers
+    assert dict(loaded["figures"])["wall time s"] == "9.0"
 
 
 def test_an_old_pointer_gives_way_where_the_new_layout_moved_its_rows(records, tmp_path: Path):

@@ -5,7 +5,6 @@ run as written on generated folders of images."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
 import subprocess
@@ -161,23 +160,3 @@ def test_the_getting_started_commands_run_on_folders_of_images(tmp_path: Path):
     predictions = [line.split("\t") for line in lines if line.startswith("my_labelled/circle/")]
     assert len(predictions) == 20 and all(p[1] in shapes.classes for p in predictions)
     assert (tmp_path / "neighbours.png").exists()
-
-
-def test_a_rewritten_record_keeps_its_header_pointers_and_drops_hand_written_figures(tmp_path: Path, monkeypatch):
-    """A bench script rerun over its record (bench/published.py) stamps it anew and stays loadable."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    records = records_module()
-    path = tmp_path / "mnist_pair.json"
-    old = {"study": "published", "title": "MNIST pair", "protocol": "pairs", "date": "2020-01-01",
-           "commit": "abcdef0", "machine": "old box", "command": "old",
-           "figures": {"seeds over": "2 of 3", "wall time s": {"path": "seconds", "format": "num"}}}
-    path.write_text(json.dumps({"record": old, "seconds": 1}))
-    new = records.restamped(path, {"seconds": 7, "rows": []}, study="published", title="x", command="python b",
-                            protocol="p")
-    header = new["record"]
-    assert header["title"] == "MNIST pair" and header["protocol"] == "pairs" and header["command"] == "python b"
-    assert header["figures"] == {"wall time s": {"path": "seconds", "format": "num"}}  # "2 of 3" was the old run's
-    assert header["date"] != "2020-01-01" and header["commit"] != "abcdef0" and header["machine"] != "old box"
-    path.write_text(json.dumps(new))
-    [(_, loaded)] = records.load_records(tmp_path)
-    assert dict(loaded["figures"])["wall time s"] == "7.0"
