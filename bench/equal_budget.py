@@ -58,7 +58,7 @@ OBJECTIVES: dict[str, tuple[str, list[str]]] = {
     "supcon": ("cifar10_supcon", []),
     "triplet": ("cifar10_triplet", ["model.projection=[64, 64]", "pretrain.snapshot_every=0",
                                     "probe={head: linear, epochs: 30, batch_size: 256, lr: 0.001}"]),
-    "pair": ("cifar10_simclr_cpu", ["objective={name: pair, margin: 1.0}"]),
+    "pair": ("cifar10_pair_cpu", []),
     "cosine_pair": ("cifar10_simclr_cpu", ["objective={name: cosine_pair}"]),
 }
 
