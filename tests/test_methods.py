@@ -270,3 +270,27 @@ def test_digits_recipe_of_each_view_objective_pretrains_from_the_cli(name, tmp_p
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.strip().splitlines()[-1]) == 64  # the encoder artifact's id
+
+
+KNOWN = [name for name in OBJECTIVES.names() if OBJECTIVES[name].known_recipe]
+
+
+@pytest.mark.parametrize("name", KNOWN)
+def test_a_recipe_the_advice_names_trains_that_objective_and_has_a_record_that_it_learned(name):
+    """The collapse and divergence advice says 'measured to learn': the recipe it names must train
+    this objective, and bench/results/methods_10ep/ must hold its 10-epoch row at least 10 points
+    of 200-NN over the untrained encoder, with no collapse warning at the end."""
+    import json
+    from pathlib import Path
+
+    from clt.recipe import load_recipe
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = load_recipe(root / OBJECTIVES[name].known_recipe)
+    assert recipe.objective.name == name
+    results = root / "bench" / "results" / "methods_10ep"
+    floor = json.loads((results / "untrained-seed0-bf16.json").read_text())["knn200"]
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob(f"{name}-seed*-*.json"))]
+    assert rows, f"no 10-epoch record of {name} in {results}"
+    assert all(r["recipe"] == Path(OBJECTIVES[name].known_recipe).stem and r["epochs"] == 10 for r in rows)
+    assert all(r["knn200"] >= floor + 0.10 and not r["collapse_warning_at_end"] for r in rows)

@@ -31,7 +31,8 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> t
 
 
 @register_objective("barlow_twins", BarlowTwinsParams, views=2, uses_labels=False, reads_views=True,
-                    offset_invariant=True, head_norm="hidden")
+                    offset_invariant=True, head_norm="hidden",
+                    known_recipe="recipes/cifar10_barlow_twins_cpu.yaml")
 def barlow_twins_loss(out, params: BarlowTwinsParams) -> torch.Tensor:
     """Over the global batch (the paper all-reduces C), so several processes see every rank's rows."""
     z1, z2 = out.halves("z")

@@ -38,7 +38,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperat
 
 
 @register_objective("moco", MoCoParams, views=2, uses_labels=False, reads_views=True, target=True,
-                    queue="target", gather=False)
+                    queue="target", gather=False, known_recipe="recipes/cifar10_moco_cpu.yaml")
 def moco_loss(out, params: MoCoParams) -> torch.Tensor:
     """MoCo v2, symmetrised: each view's query against the other view's key, the batch's keys and the queue."""
     q1, q2 = out.halves("z")

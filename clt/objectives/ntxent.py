@@ -29,7 +29,8 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-@register_objective("simclr", NTXentParams, views=2, uses_labels=False)
+@register_objective("simclr", NTXentParams, views=2, uses_labels=False,
+                    known_recipe="recipes/cifar10_simclr_cpu.yaml")
 def simclr_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: NTXentParams) -> torch.Tensor:
     """NT-Xent over two augmented views per image (labels unused)."""
     return nt_xent(embeddings, params.temperature)

@@ -41,7 +41,7 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, params: VICRegParams) -> torch.Te
 
 
 @register_objective("vicreg", VICRegParams, views=2, uses_labels=False, reads_views=True,
-                    offset_invariant=True, head_norm="hidden")
+                    offset_invariant=True, head_norm="hidden", known_recipe="recipes/cifar10_vicreg_cpu.yaml")
 def vicreg_loss(out, params: VICRegParams) -> torch.Tensor:
     """The paper's weights 25 / 25 / 1; statistics over the global batch with several processes."""
     z1, z2 = out.halves("z")
