@@ -27,7 +27,8 @@ def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register_objective("byol", BYOLParams, views=2, uses_labels=False, reads_views=True, predictor=True,
-                    target=True, gather=False, head_norm="hidden")
+                    target=True, gather=False, head_norm="hidden",
+                    known_recipe="recipes/cifar10_byol_cpu.yaml")
 def byol_loss(out, params: BYOLParams) -> torch.Tensor:
     """Symmetrised BYOL: the mean over both directions of the normalised MSE."""
     p1, p2 = out.halves("p")
