@@ -92,7 +92,9 @@ def test_init_on_an_unlabelled_colour_folder_fits_it_and_pretrains(stores: Store
     assert raw["model"]["encoder"] == "cifar_resnet" and raw["pretrain"]["augment"]["preset"] == "simclr_cifar"
     # 40 images cannot fill the shipped batch of 256: a batch that can, said where it is set
     assert raw["pretrain"]["batch_size"] == 8 and "not the shipped 256" in text
-    assert raw["pretrain"]["lr"] == pytest.approx(0.3 * 8 / 256)  # SGD's rate scaled with the batch
+    shipped = SHIPPED["cifar10_byol_cpu"]["pretrain"]
+    assert raw["pretrain"]["optimizer"] == shipped["optimizer"]  # LARS: its rate scales with the batch as SGD's
+    assert raw["pretrain"]["lr"] == pytest.approx(shipped["lr"] * 8 / 256)
     assert raw["objective"]["target_momentum_schedule"] == "cosine"  # cifar10_byol_cpu's, not the default
     cli(stores.root, "pretrain", path, *FAST_PRETRAIN).ok()
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from clt.methods import FeatureQueue, MethodParts, ViewOutputs, momentum_at
 from clt.objectives.barlow_twins import barlow_twins
 from clt.objectives.moco import info_nce
 from clt.objectives.vicreg import VICRegParams, vicreg
-from clt.recipe import PretrainConfig
+from clt.recipe import PretrainConfig, load_recipe
 from clt.registry import OBJECTIVES
 from clt.train import collapse_advice, pretrain
 from tests.test_train import _images
@@ -280,11 +282,6 @@ def test_a_recipe_the_advice_names_trains_that_objective_and_has_a_record_that_i
     """The collapse and divergence advice says 'measured to learn': the recipe it names must train
     this objective, and bench/results/methods_10ep/ must hold its 10-epoch row at least 10 points
     of 200-NN over the untrained encoder, with no collapse warning at the end."""
-    import json
-    from pathlib import Path
-
-    from clt.recipe import load_recipe
-
     root = Path(__file__).resolve().parent.parent
     recipe = load_recipe(root / OBJECTIVES[name].known_recipe)
     assert recipe.objective.name == name
