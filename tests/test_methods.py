@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from torch import nn
 
 from clt.methods import FeatureQueue, MethodParts, ViewOutputs, momentum_at
@@ -282,10 +283,9 @@ def test_a_recipe_the_advice_names_trains_that_objective_and_has_a_record_that_i
     """The collapse and divergence advice says 'measured to learn': the recipe it names must train
     this objective, and bench/results/methods_10ep/ must hold its 10-epoch row at least 10 points
     of 200-NN over the untrained encoder, with no collapse warning at the end."""
-    root = Path(__file__).resolve().parent.parent
-    recipe = load_recipe(root / OBJECTIVES[name].known_recipe)
+    recipe = load_recipe(ROOT / OBJECTIVES[name].known_recipe)
     assert recipe.objective.name == name
-    results = root / "bench" / "results" / "methods_10ep"
+    results = ROOT / "bench" / "results" / "methods_10ep"
     floor = json.loads((results / "untrained-seed0-bf16.json").read_text())["knn200"]
     rows = [json.loads(p.read_text()) for p in sorted(results.glob(f"{name}-seed*-*.json"))]
     assert rows, f"no 10-epoch record of {name} in {results}"
