@@ -82,13 +82,18 @@ def ref_balanced(same: list[torch.Tensor], diff: list[torch.Tensor], balance: bo
     return sum(means) / len(means) if means else like.sum() * 0
 
 
-def ref_pair(x: torch.Tensor, labels: list[int], margin: float, balance: bool) -> torch.Tensor:
+def ref_pair(x: torch.Tensor, labels: list[int], margin: float, balance: bool,
+             hinge: str = "squared_distance") -> torch.Tensor:
     same, diff = [], []
     for i in range(len(labels)):
         for j in range(i + 1, len(labels)):
             predicted = ((x[i] - x[j]) ** 2).mean()
             t = 0.0 if labels[i] == labels[j] else 1.0
-            loss = (1 - t) * predicted + t * torch.clamp(margin - predicted, min=0)
+            if hinge == "distance":  # Hadsell, Chopra, LeCun 2006, eq. 4
+                push = torch.clamp(margin - predicted.sqrt(), min=0) ** 2
+            else:
+                push = torch.clamp(margin - predicted, min=0)
+            loss = (1 - t) * predicted + t * push
             (same if t == 0 else diff).append(loss)
     return ref_balanced(same, diff, balance, x)
 
@@ -189,12 +194,37 @@ def two_views(n: int, dim: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("balance", [False, True])
 @pytest.mark.parametrize("margin", [1.0, 3.0])
-def test_pair_matches_reference(seed, balance, margin):
+@pytest.mark.parametrize("hinge", ["squared_distance", "distance"])
+def test_pair_matches_reference(seed, balance, margin, hinge):
     labels = random_labels(9, 3, seed)
     x = leaf(9, 4, seed)
-    params = params_of("pair", margin=margin, balance=balance)
+    params = params_of("pair", margin=margin, balance=balance, hinge=hinge)
     assert_same_loss(lambda e: loss_of("pair")(e, torch.tensor(labels), params),
-                     lambda e: ref_pair(e, labels, margin, balance), x)
+                     lambda e: ref_pair(e, labels, margin, balance, hinge), x)
+
+
+def test_pair_distance_hinge_keeps_pushing_different_class_pairs_that_start_close():
+    """The squared-distance hinge's push, 2(a - b), fades as a different-class pair meets; the
+    distance hinge's does not: the gradient on a pair 1e-3 apart differs by orders of magnitude."""
+    labels = torch.tensor([0, 1])
+    x = torch.zeros(2, 8)
+    x[1, 0] = 1e-3
+    grads = {}
+    for hinge in ("squared_distance", "distance"):
+        leaf_x = x.clone().requires_grad_()
+        loss_of("pair")(leaf_x, labels, params_of("pair", hinge=hinge)).backward()
+        grads[hinge] = leaf_x.grad.norm().item()
+    assert grads["distance"] > 100 * grads["squared_distance"] > 0
+
+
+@pytest.mark.parametrize("hinge", ["squared_distance", "distance"])
+def test_pair_verify_splits_at_half_the_margin_in_the_units_the_hinge_bounds(hinge):
+    """Embeddings v apart in every coordinate are a squared distance v² apart: with margin 1 the
+    squared-distance form calls them the same class below v² = 0.5, the distance form below v = 0.5."""
+    params = params_of("pair", hinge=hinge)
+    verify, zero = OBJECTIVES["pair"].verify, torch.zeros(1, 4)
+    same = {v: bool(verify(zero, torch.full((1, 4), v), params)) for v in (0.45, 0.6, 0.8)}
+    assert same == {0.45: True, 0.6: hinge == "squared_distance", 0.8: False}
 
 
 def test_pair_reference_exercises_both_sides_of_the_margin():

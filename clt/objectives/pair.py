@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -17,7 +18,13 @@ class PairParams:
                          check=lambda v: v > 0, must="> 0")
     # in a 10-class batch only ~10 % of pairs share a class, and an unbalanced mean mostly learns to push apart
     balance: bool = knob(True, "weigh same-class and different-class pairs equally")
-
+    # the MNIST write-up's form, which its published result uses, hinges on the squared distance:
+    # its push on a different-class pair, 2(a - b), fades as the two meet, so pairs that start
+    # close stay close; Hadsell et al.'s form, max(0, m - d)^2, pushes them with 2(m - d)
+    hinge: Literal["squared_distance", "distance"] = knob(
+        "squared_distance",
+        "what the margin bounds for different-class pairs: `squared_distance`, max(0, m - d^2) (the MNIST "
+        "write-up's), or `distance`, max(0, m - d)^2 (Hadsell et al.'s, which keeps pushing pairs that start close)")
 
 
 def pair_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
@@ -25,9 +32,23 @@ def pair_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     return ((fa - fb) ** 2).mean(dim=1)
 
 
-def pair_margin_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Per-pair loss: target 0 (same class) pulls the distance to 0, 1 pushes it past the margin."""
-    return (1 - target) * predicted + target * torch.clamp(margin - predicted, min=0)
+def pair_margin_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0,
+                     hinge: str = "squared_distance") -> torch.Tensor:
+    """Per-pair loss over squared distances: target 0 (same class) pulls the distance to 0, 1 pushes
+    it past the margin, the squared distance (hinge `squared_distance`) or the distance (`distance`)."""
+    if hinge == "distance":
+        # the epsilon keeps sqrt's gradient finite for pairs that coincide
+        push = torch.clamp(margin - torch.sqrt(predicted + 1e-12), min=0) ** 2
+    else:
+        push = torch.clamp(margin - predicted, min=0)
+    return (1 - target) * predicted + target * push
+
+
+def same_threshold(params: PairParams) -> float:
+    """The squared distance under which a pair counts as the same class: half the margin, in the
+    units the margin bounds."""
+    half = params.margin / 2
+    return half * half if params.hinge == "distance" else half
 
 
 def balanced_mean(per_pair: torch.Tensor, same: torch.Tensor, balance: bool) -> torch.Tensor:
@@ -39,8 +60,8 @@ def balanced_mean(per_pair: torch.Tensor, same: torch.Tensor, balance: bool) -> 
 
 
 def verify_pair(fa: torch.Tensor, fb: torch.Tensor, params: PairParams) -> torch.Tensor:
-    """Same class when the distance is below half the margin."""
-    return pair_distance(fa.float(), fb.float()) < params.margin / 2
+    """Same class when the distance is below half the margin (see same_threshold)."""
+    return pair_distance(fa.float(), fb.float()) < same_threshold(params)
 
 
 def score_pair(fa: torch.Tensor, fb: torch.Tensor, params: PairParams) -> torch.Tensor:
@@ -54,5 +75,5 @@ def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: PairParams
     # from the (B, B) distance matrix (one matrix product) rather than gathering a (P, D) copy per
     # side: at batch 256 those copies and their scatter-add backward cost more than the encoder
     predicted = squared_distances(embeddings.float())[i, j] / embeddings.shape[1]
-    per_pair = pair_margin_loss(predicted, (~same).float(), params.margin)
+    per_pair = pair_margin_loss(predicted, (~same).float(), params.margin, params.hinge)
     return balanced_mean(per_pair, same, params.balance)
