@@ -31,9 +31,11 @@ protocol is ResNet-20 w16 on CIFAR-10, batch 256, N = 10, the same precision on 
 
     PYTHONPATH=../lightly_env python bench/peer_lightly.py --artifacts STORE --method byol --epochs 10
 
-clt: `clt.pretrain` of recipes/cifar10_<method>_cpu.yaml with pretrain.epochs=N, batch --batch and
+clt: `clt.pretrain` of recipes/cifar10_<method>_cpu.yaml with pretrain.epochs=N, batch --batch,
 the precision --precision resolves to (auto: bf16 where the CPU has native bf16 kernels, as clt's
-`auto`). lightly: the training loop its docs and CIFAR-10 benchmark write for that method
+`auto`) and the online monitor that `bench/equal_budget.py --monitor-points 10` sets: at batch 256
+and N = 10 that is the recipe of the methods_10ep row, so a store holding that row's encoder
+answers clt's side from the store. lightly: the training loop its docs and CIFAR-10 benchmark write for that method
 (docs/source/getting_started/benchmarks/cifar10_benchmark.py, examples/pytorch/<method>.py), on a
 fresh copy of the same encoder (the clt run's encoder, every layer re-initialised, 64-d features):
 its transforms on PIL images through a DataLoader (SimCLRTransform with cj_strength 0.5 for SimCLR,
@@ -553,8 +555,13 @@ def equal_epochs(store, args) -> None:
         keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
         data.train = data.train.subset(keep[:args.train_limit])
     recipe = ROOT / "recipes" / f"cifar10_{args.method}_cpu.yaml"
+    # precision as given (clt resolves `auto` as above) and the online monitor of
+    # `bench/equal_budget.py --monitor-points 10`: the recipe is then the methods_10ep row's, so a
+    # store that holds that row's encoder answers clt's side without training it again
+    every = max(1, args.epochs // 10)
     result = clt.pretrain(recipe, store=store, overrides=[
-        f"pretrain.batch_size={args.batch}", f"pretrain.epochs={args.epochs}", f"pretrain.precision={precision}",
+        f"pretrain.batch_size={args.batch}", f"pretrain.epochs={args.epochs}", f"pretrain.precision={args.precision}",
+        f"pretrain.monitor={{knn: 200, every: {every}, train: 10000, test: 2000}}",
         f"data.train_limit={args.train_limit}", *args.set])
     encoder = clt.load_encoder(result.id, store=store, device="cpu")
     clt_side = {"recipe": recipe.name, "id": result.id, "epochs": args.epochs,
