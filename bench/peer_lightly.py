@@ -34,8 +34,9 @@ protocol is ResNet-20 w16 on CIFAR-10, batch 256, N = 10, the same precision on 
 clt: `clt.pretrain` of recipes/cifar10_<method>_cpu.yaml with pretrain.epochs=N, batch --batch,
 the precision --precision resolves to (auto: bf16 where the CPU has native bf16 kernels, as clt's
 `auto`) and the online monitor that `bench/equal_budget.py --monitor-points 10` sets: at batch 256
-and N = 10 that is the recipe of the methods_10ep row, so a store holding that row's encoder
-answers clt's side from the store. lightly: the training loop its docs and CIFAR-10 benchmark write for that method
+and N = 10 that is the recipe of the methods_10ep row, so a store holding that row's encoder,
+trained by the same clt code (an artifact's address includes the code's fingerprint), answers clt's
+side from the store. lightly: the training loop its docs and CIFAR-10 benchmark write for that method
 (docs/source/getting_started/benchmarks/cifar10_benchmark.py, examples/pytorch/<method>.py), on a
 fresh copy of the same encoder (the clt run's encoder, every layer re-initialised, 64-d features):
 its transforms on PIL images through a DataLoader (SimCLRTransform with cj_strength 0.5 for SimCLR,
@@ -557,7 +558,7 @@ def equal_epochs(store, args) -> None:
     recipe = ROOT / "recipes" / f"cifar10_{args.method}_cpu.yaml"
     # precision as given (clt resolves `auto` as above) and the online monitor of
     # `bench/equal_budget.py --monitor-points 10`: the recipe is then the methods_10ep row's, so a
-    # store that holds that row's encoder answers clt's side without training it again
+    # store that holds that row's encoder from the same code answers clt's side without training it
     every = max(1, args.epochs // 10)
     result = clt.pretrain(recipe, store=store, overrides=[
         f"pretrain.batch_size={args.batch}", f"pretrain.epochs={args.epochs}", f"pretrain.precision={args.precision}",
