@@ -68,7 +68,8 @@ def score_pair(fa: torch.Tensor, fb: torch.Tensor, params: PairParams) -> torch.
     return -pair_distance(fa.float(), fb.float())
 
 
-@register_objective("pair", PairParams, verify=verify_pair, score=score_pair, offset_invariant=True)
+@register_objective("pair", PairParams, verify=verify_pair, score=score_pair, offset_invariant=True,
+                    known_recipe="recipes/cifar10_pair_cpu.yaml")
 def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: PairParams) -> torch.Tensor:
     """Pairwise margin loss over every pair in the batch: (B, D), (B,) -> scalar."""
     i, j, same = all_pairs(labels)

@@ -21,16 +21,15 @@ from clt.stages.context import Context
 from clt.stages.dataset import dataset_artifact
 from clt.stages.init_templates import SHIPPED
 
-# objective -> (shipped recipe for grayscale images, for colour images), keys of SHIPPED. The pair
-# losses have no colour recipe of their own: cifar10_plain_cnn is the pair loss on CIFAR-10, and
-# cosine_pair's digits recipe takes any channels.
+# objective -> (shipped recipe for grayscale images, for colour images), keys of SHIPPED.
+# cosine_pair has no colour recipe of its own: its digits recipe takes any channels.
 SOURCES = {
     "barlow_twins": ("digits_barlow_twins", "cifar10_barlow_twins_cpu"),
     "byol": ("digits_byol", "cifar10_byol_cpu"),
     "cosine_pair": ("digits_cosine", "digits_cosine"),
     "moco": ("digits_moco", "cifar10_moco_cpu"),
     "nnclr": ("digits_nnclr", "cifar10_nnclr_cpu"),
-    "pair": ("digits_pair", "cifar10_plain_cnn"),
+    "pair": ("digits_pair", "cifar10_pair_cpu"),
     "simclr": ("digits_simclr", "cifar10_simclr_cpu"),
     "simsiam": ("digits_simsiam", "cifar10_simsiam_cpu"),
     "supcon": ("digits_supcon", "cifar10_supcon"),

@@ -264,8 +264,20 @@ SHIPPED: dict[str, dict[str, Any]] = {
         "probe": {"head": "mlp", "hidden": [256], "epochs": 10, "batch_size": 256, "lr": 0.001},
         "evaluate": {"knn_k": 200, "knn_vote": "distance"},
     },
-    "cifar10_plain_cnn": {
-        "model": {"encoder": "pair_cnn", "features": 256},
-        "probe": {"head": "mlp", "hidden": [256], "epochs": 15, "batch_size": 128, "lr": 0.001},
+    "cifar10_pair_cpu": {
+        "model": {"encoder": "cifar_resnet", "depth": 20, "width": 16},
+        "objective": {"name": "pair", "margin": 1.0, "hinge": "distance"},
+        "pretrain": {
+            "epochs": 10,
+            "batch_size": 256,
+            "optimizer": "adam",
+            "lr": 0.001,
+            "momentum": 0.9,
+            "weight_decay": 0,
+            "scheduler": "cosine",
+            "augment": {"preset": "simclr_cifar"},
+        },
+        "probe": {"head": "linear", "epochs": 30, "batch_size": 256, "lr": 0.001},
+        "evaluate": {"knn_k": 200, "knn_vote": "distance", "knn_temperature": 0.1},
     },
 }
