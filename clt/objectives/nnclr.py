@@ -35,7 +35,7 @@ def nn_info_nce(neighbours: torch.Tensor, p: torch.Tensor, temperature: float) -
 
 
 @register_objective("nnclr", NNCLRParams, views=2, uses_labels=False, reads_views=True, predictor=True,
-                    queue="online", head_norm="all")
+                    queue="online", head_norm="all", known_recipe="recipes/cifar10_nnclr_cpu.yaml")
 def nnclr_loss(out, params: NNCLRParams) -> torch.Tensor:
     """Symmetrised: NN(z1) against the predictions of view 2, and NN(z2) against those of view 1.
     Until the support set holds rows, each view is its own neighbour."""
