@@ -24,7 +24,8 @@ class PairParams:
     hinge: Literal["squared_distance", "distance"] = knob(
         "squared_distance",
         "what the margin bounds for different-class pairs: `squared_distance`, max(0, m - d^2) (the MNIST "
-        "write-up's), or `distance`, max(0, m - d)^2 (Hadsell et al.'s, which keeps pushing pairs that start close)")
+        "write-up's), or `distance`, max(0, m - d)^2 (Hadsell et al.'s, which keeps pushing pairs that start close)",
+        omit_if_default=True)
 
 
 def pair_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
