@@ -100,6 +100,8 @@ class MethodParts(nn.Module):
         hidden = int(getattr(params, "predictor_hidden", 0)) if objective.predictor else 0
         # BYOL's and SimSiam's predictor: Linear, BatchNorm, ReLU, Linear back to the projection size
         self.predictor = mlp(dim, [hidden, dim], batch_norm=True) if hidden else None
+        self.predictor_lr_scale = float(getattr(params, "predictor_lr_scale", 1.0))
+        self.predictor_lr_fixed = getattr(params, "predictor_lr_schedule", "follow") == "fixed"
         self.target = MomentumTarget(model) if objective.target else None
         size = int(getattr(params, "queue_size", 0)) if objective.queue else 0
         self.queue = FeatureQueue(size, dim) if size else None
@@ -109,6 +111,15 @@ class MethodParts(nn.Module):
 
     def trained_parameters(self) -> list[nn.Parameter]:
         return list(self.predictor.parameters()) if self.predictor is not None else []
+
+    def optimizer_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: the model's, then the predictor's at its own lr (an
+        objective's `predictor_lr_scale`) and marked `fixed_lr` where its schedule is `fixed`."""
+        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+        if self.predictor is not None:
+            groups.append({"params": self.trained_parameters(), "lr": lr * self.predictor_lr_scale,
+                           "fixed_lr": self.predictor_lr_fixed})
+        return groups
 
     def outputs(self, z: torch.Tensor, labels: torch.Tensor, x: torch.Tensor) -> ViewOutputs:
         """The loss's inputs for online projections `z` of inputs `x` (call under autocast)."""

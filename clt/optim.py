@@ -75,7 +75,8 @@ def make_optimizer(cfg: Any, params, lr: float | None = None) -> torch.optim.Opt
 
 
 def make_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step schedule: none, step (StepLR in epochs), cosine; optional linear warm-up."""
+    """Per-step schedule: none, step (StepLR in epochs), cosine; optional linear warm-up. A parameter
+    group marked `fixed_lr` keeps its own lr throughout (SimSiam's predictor)."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = cfg.warmup_epochs * steps_per_epoch
 
@@ -89,4 +90,5 @@ def make_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: 
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    factors = [(lambda step: 1.0) if group.get("fixed_lr") else factor for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

@@ -159,7 +159,7 @@ def pretrain(
     _check_fits(objective, data, cfg)
     steps = len(data.train) // cfg.batch_size
     parts = MethodParts(objective, params, model, output_dim(model) if objective.reads_views else 0, seed).to(device)
-    optimizer = make_optimizer(cfg, [*model.parameters(), *parts.trained_parameters()])
+    optimizer = make_optimizer(cfg, parts.optimizer_groups(model, cfg.lr))
     loop = _Loop(model, distributed.wrap(model) if distributed else model, objective, params, data, cfg, device,
                  precision, seed, augment, distributed, optimizer, make_scheduler(cfg, optimizer, steps),
                  torch.amp.GradScaler(device.type) if precision == "fp16" else None, steps, on_step, checkpointer,

@@ -229,6 +229,47 @@ def test_each_view_objective_trains_and_a_resumed_run_matches_an_uninterrupted_o
     assert set(memory.saved[-1]["method"]) == set(memory.saved[0]["method"])
 
 
+def _predictor_lrs(schedule: str, scale: float, steps: int) -> list[tuple[float, float]]:
+    """(model lr, predictor lr) after each of `steps` scheduler steps: a 2-epoch cosine with a
+    one-epoch warm-up at lr 0.1, 4 steps an epoch."""
+    from clt.optim import make_optimizer, make_scheduler
+
+    entry = OBJECTIVES["simsiam"]
+    params = entry.params(predictor_hidden=4, predictor_lr_scale=scale, predictor_lr_schedule=schedule)
+    model = _Tiny()
+    parts = MethodParts(entry, params, model, 8, 0)
+    cfg = PretrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=1, scheduler="cosine")
+    optimizer = make_optimizer(cfg, parts.optimizer_groups(model, cfg.lr))
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=4)
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]))
+    return lrs
+
+
+def test_a_fixed_predictor_lr_stays_while_the_encoders_warms_up_and_decays():
+    lrs = _predictor_lrs("fixed", 10.0, 7)
+    model_lrs = [m for m, _ in lrs]
+    assert model_lrs[2] > model_lrs[0] and model_lrs[-1] < max(model_lrs)  # warm-up, then cosine decay
+    assert all(p == pytest.approx(1.0) for _, p in lrs)  # 0.1 x 10, untouched by either
+
+
+def test_a_following_predictor_lr_is_the_encoders_times_its_scale():
+    assert all(p == pytest.approx(3 * m) for m, p in _predictor_lrs("follow", 3.0, 7))
+    assert all(p == pytest.approx(m) for m, p in _predictor_lrs("follow", 1.0, 7))
+
+
+def test_predictor_lr_knobs_are_range_checked_and_absent_from_addresses_at_their_defaults():
+    from clt.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="predictor_lr_scale"):
+        load_recipe(ROOT / "recipes" / "digits_simsiam.yaml", ["objective.predictor_lr_scale=0"])
+    objective = load_recipe(ROOT / "recipes" / "digits_simsiam.yaml").to_dict()["objective"]
+    assert "predictor_lr_scale" not in objective and "predictor_lr_schedule" not in objective
+
+
 def test_simsiam_without_predictor_collapses_and_is_warned_about():
     _, with_predictor = _train("simsiam", 3, model_type=_NoBatchNorm, predictor_hidden=4)
     _, without = _train("simsiam", 3, model_type=_NoBatchNorm, predictor_hidden=0)
