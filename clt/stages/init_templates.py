@@ -191,7 +191,7 @@ SHIPPED: dict[str, dict[str, Any]] = {
             "projection": [256, 256],
             "projection_norm": "all",
         },
-        "objective": {"name": "simsiam", "predictor_hidden": 64},
+        "objective": {"name": "simsiam", "predictor_hidden": 64, "predictor_lr_scale": 10.0},
         "pretrain": {
             "epochs": 10,
             "batch_size": 256,
