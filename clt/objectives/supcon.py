@@ -34,7 +34,7 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
     return -(summed[has] / counts[has]).mean()
 
 
-@register_objective("supcon", SupConParams, views=2)
+@register_objective("supcon", SupConParams, views=2, known_recipe="recipes/cifar10_supcon.yaml")
 def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, params: SupConParams) -> torch.Tensor:
     """Supervised contrastive over two augmented views per image, labels repeated per view."""
     return supervised_contrastive(embeddings, labels, params.temperature)
