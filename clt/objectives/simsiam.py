@@ -30,7 +30,7 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 @register_objective("simsiam", SimSiamParams, views=2, uses_labels=False, reads_views=True, predictor=True,
-                    gather=False, head_norm="all")
+                    gather=False, head_norm="all", known_recipe="recipes/cifar10_simsiam_cpu.yaml")
 def simsiam_loss(out, params: SimSiamParams) -> torch.Tensor:
     """D(p1, z2)/2 + D(p2, z1)/2; without a predictor (predictor_hidden 0) p is z, which collapses."""
     z1, z2 = out.halves("z")
