@@ -249,7 +249,7 @@ def _predictor_lrs(schedule: str, scale: float, steps: int) -> list[tuple[float,
     return lrs
 
 
-def test_a_fixed_predictor_lr_stays_while_the_encoders_warms_up_and_decays():
+def test_a_fixed_predictor_lr_stays_while_the_encoders_lr_warms_up_and_decays():
     lrs = _predictor_lrs("fixed", 10.0, 7)
     model_lrs = [m for m, _ in lrs]
     assert model_lrs[2] > model_lrs[0] and model_lrs[-1] < max(model_lrs)  # warm-up, then cosine decay
