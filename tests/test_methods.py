@@ -124,6 +124,49 @@ def test_nnclr_takes_the_nearest_support_row_as_the_positive():
     torch.testing.assert_close(loss.double(), (total / (2 * n)).double())
 
 
+def _nnclr_loop(out, t: float, anchors_from_predictions: bool, same_side_negatives: bool) -> torch.Tensor:
+    """Per row, from the definitions: neighbour i of one view and prediction i of the other are a positive
+    pair; the anchors are the neighbours (and the predictions too where `anchors_from_predictions`)."""
+    n = len(out.z) // 2
+    nearest = [out.queue[max(range(10), key=lambda j: float(_cos(out.z[i], out.queue[j]).detach()))]
+               for i in range(2 * n)]
+    total, count = 0.0, 0
+    for view in (0, 1):  # neighbours of this view, predictions of the other
+        nn_rows = nearest[view * n:(view + 1) * n]
+        p_rows = [out.p[j] for j in range((1 - view) * n, (2 - view) * n)]
+        sides = [(nn_rows, p_rows)] + ([(p_rows, nn_rows)] if anchors_from_predictions else [])
+        for own, other in sides:
+            for i in range(n):
+                logits = [_cos(own[i], other[j]) / t for j in range(n)]
+                if same_side_negatives:
+                    logits += [_cos(own[i], own[j]) / t for j in range(n) if j != i]
+                total += -(logits[i] - torch.log(sum(torch.exp(v) for v in logits)))
+                count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("form, both_ways, same_side", [("two_way", True, False), ("ntxent", True, True)])
+def test_nnclr_loss_forms_match_their_per_row_definitions(form, both_ways, same_side):
+    out, t = _outputs(), 0.5
+    loss = OBJECTIVES["nnclr"].loss(out, OBJECTIVES["nnclr"].params(temperature=t, loss_form=form))
+    loop = _nnclr_loop(out, t, both_ways, same_side)
+    torch.testing.assert_close(loss.double(), loop.double())
+    _grads_equal(loss, loop, [out.p])
+    one_way = OBJECTIVES["nnclr"].loss(out, OBJECTIVES["nnclr"].params(temperature=t))
+    torch.testing.assert_close(one_way.double(), _nnclr_loop(out, t, False, False).double())
+    assert not torch.isclose(loss, one_way)
+
+
+def test_nnclr_loss_form_is_checked_and_absent_from_addresses_at_its_default():
+    from clt.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="loss_form"):
+        load_recipe(ROOT / "recipes" / "digits_nnclr.yaml", ["objective.loss_form=both"])
+    assert "loss_form" not in load_recipe(ROOT / "recipes" / "digits_nnclr.yaml").to_dict()["objective"]["params"]
+    changed = load_recipe(ROOT / "recipes" / "digits_nnclr.yaml", ["objective.loss_form=ntxent"])
+    assert changed.to_dict()["objective"]["params"]["loss_form"] == "ntxent"
+
+
 @pytest.mark.skipif(not HAS_LIGHTLY, reason="lightly is not importable: install it into a bench folder and put "
                                             "that on PYTHONPATH to compare against its losses")
 def test_losses_equal_lightlys_on_random_embeddings():
@@ -139,6 +182,15 @@ def test_losses_equal_lightlys_on_random_embeddings():
     p1, p2 = out.halves("p")
     z_1, z_2 = out.halves("z")
     theirs = (NegativeCosineSimilarity()(p1, z_2.detach()) + NegativeCosineSimilarity()(p2, z_1.detach())) / 2
+    torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-5, rtol=1e-5)
+    from lightly.loss import NTXentLoss  # lightly's NNCLR example: NT-Xent of neighbours and predictions
+
+    nn1, nn2 = out.queue[:8], out.queue[2:]  # any detached rows stand for the neighbours
+    theirs = (NTXentLoss(temperature=0.5)(nn1, p2) + NTXentLoss(temperature=0.5)(nn2, p1)) / 2
+    from clt.objectives.nnclr import NNCLRParams, nn_info_nce
+
+    params = NNCLRParams(temperature=0.5, loss_form="ntxent")
+    ours = (nn_info_nce(nn1, p2, params) + nn_info_nce(nn2, p1, params)) / 2
     torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-5, rtol=1e-5)
 
 
@@ -266,7 +318,7 @@ def test_predictor_lr_knobs_are_range_checked_and_absent_from_addresses_at_their
 
     with pytest.raises(RecipeError, match="predictor_lr_scale"):
         load_recipe(ROOT / "recipes" / "digits_simsiam.yaml", ["objective.predictor_lr_scale=0"])
-    objective = load_recipe(ROOT / "recipes" / "digits_simsiam.yaml").to_dict()["objective"]
+    objective = load_recipe(ROOT / "recipes" / "digits_simsiam.yaml").to_dict()["objective"]["params"]
     assert "predictor_lr_scale" not in objective and "predictor_lr_schedule" not in objective
 
 
