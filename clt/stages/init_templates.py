@@ -153,7 +153,8 @@ SHIPPED: dict[str, dict[str, Any]] = {
             "projection": [256, 64],
             "projection_norm": "all",
         },
-        "objective": {"name": "nnclr", "temperature": 0.5, "queue_size": 4096, "predictor_hidden": 256},
+        "objective": {"name": "nnclr", "temperature": 0.5, "queue_size": 4096, "predictor_hidden": 256,
+                      "loss_form": "ntxent"},
         "pretrain": {
             "epochs": 10,
             "batch_size": 256,
