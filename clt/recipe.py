@@ -237,7 +237,7 @@ def read_recipe_text(file: Path) -> str:
         with open(file, "rb") as fh:
             raw = fh.read(MAX_RECIPE_BYTES + 1)  # the file may have grown since stat()
     except FileNotFoundError:
-        raise RecipeError(f"recipe file '{file}' does not exist", "check the path; recipes live in recipes/") from None
+        raise RecipeError(f"recipe file '{file}' does not exist", _where_recipes_are(file)) from None
     except OSError as err:
         raise RecipeError(f"cannot read recipe '{file}': {err.strerror}", "pass a readable YAML file") from None
     if len(raw) > MAX_RECIPE_BYTES:
@@ -550,6 +550,21 @@ def _registered_params(registry, name: str, params: dict[str, Any], where: str, 
     if problem:
         raise RecipeError(f"{where}: {section}: {problem}", "change the value in the recipe or with --set")
     return to_plain(typed)
+
+
+# the shipped recipes: package data, so an installed clt has them too (recipes/ in a checkout links here)
+SHIPPED_RECIPES = Path(__file__).parent / "recipes"
+
+
+def shipped_recipe(name: str) -> Path:
+    """The shipped recipe file called `name` (without .yaml), e.g. shipped_recipe("digits_pair")."""
+    return SHIPPED_RECIPES / f"{name}.yaml"
+
+
+def _where_recipes_are(missing: Path) -> str:
+    if missing.suffix in (".yaml", ".yml") and shipped_recipe(missing.stem).is_file():
+        return f"a shipped recipe of that name is {shipped_recipe(missing.stem)}"
+    return f"check the path; the shipped recipes are in {SHIPPED_RECIPES}"
 
 
 MAX_SET_CHARS = 10_000  # one --set item

@@ -14,10 +14,9 @@ from conftest import FAST_PRETRAIN, RECIPES, Trained, assert_user_error, cli
 
 import clt
 from clt.errors import RecipeError
-from clt.recipe import RENAMED, load_recipe, params_of, read_raw, recipe_from_dict
+from clt.recipe import RENAMED, SHIPPED_RECIPES, load_recipe, params_of, read_raw, recipe_from_dict
 from clt.registry import OBJECTIVES
-from clt.stages.init import LARGE_SIDE, SOURCES, Dataset, _fitted
-from clt.stages.init_templates import SHIPPED
+from clt.stages.init import LARGE_SIDE, SOURCES, Dataset, _fitted, shipped_settings
 
 
 @dataclass
@@ -43,19 +42,40 @@ def stores(tmp_path_factory) -> Stores:
 # ---------------------------------------------------------------- the tested settings
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_init_starts_from_the_shipped_recipes_as_they_are(name):
-    raw = read_raw(RECIPES / f"{name}.yaml")
-    shipped = {k: raw[k] for k in ("model", "objective", "pretrain", "probe", "evaluate") if k in raw}
-    assert SHIPPED[name] == shipped, f"recipes/{name}.yaml changed: paste into clt/stages/init_templates.py\n" \
-                                     f"    {name!r}: {shipped!r},"
+def test_the_recipes_folder_of_a_checkout_is_the_packaged_one():
+    assert RECIPES.resolve() == SHIPPED_RECIPES.resolve()
+
+
+def test_every_shipped_recipe_is_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+
+    root = SHIPPED_RECIPES.parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clt"]
+    packaged = {path for pattern in globs for path in (root / "clt").glob(pattern)}
+    assert packaged == set(SHIPPED_RECIPES.rglob("*.yaml"))
 
 
 def test_every_registered_objective_has_a_shipped_recipe_of_its_own():
     assert set(SOURCES) == set(OBJECTIVES.names())
     for objective, sources in SOURCES.items():
         for source in sources:
-            assert SHIPPED[source].get("objective", {"name": "pair"})["name"] == objective, source
+            assert shipped_settings(source).get("objective", {"name": "pair"})["name"] == objective, source
+
+
+def test_init_takes_the_shipped_recipe_with_its_base_merged_in():
+    settings = shipped_settings("cifar10_byol_cpu")
+    assert "base" not in settings and settings["model"]["encoder"] == "cifar_resnet"  # from bases/cifar10_cpu.yaml
+    assert settings == {k: v for k, v in read_raw(RECIPES / "cifar10_byol_cpu.yaml").items()
+                        if k in ("model", "objective", "pretrain", "probe", "evaluate")}
+
+
+def test_a_missing_recipe_file_names_where_the_shipped_ones_are(tmp_path: Path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(tmp_path / "cifar10_byol_cpu.yaml")
+    assert str(SHIPPED_RECIPES / "cifar10_byol_cpu.yaml") in str(err.value.hint)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(tmp_path / "no_such_recipe.yaml")
+    assert str(SHIPPED_RECIPES) in str(err.value.hint)
 
 
 # ---------------------------------------------------------------- clt init, then clt pretrain
@@ -92,7 +112,7 @@ def test_init_on_an_unlabelled_colour_folder_fits_it_and_pretrains(stores: Store
     assert raw["model"]["encoder"] == "cifar_resnet" and raw["pretrain"]["augment"]["preset"] == "simclr_cifar"
     # 40 images cannot fill the shipped batch of 256: a batch that can, said where it is set
     assert raw["pretrain"]["batch_size"] == 8 and "not the shipped 256" in text
-    shipped = SHIPPED["cifar10_byol_cpu"]["pretrain"]
+    shipped = shipped_settings("cifar10_byol_cpu")["pretrain"]
     assert raw["pretrain"]["optimizer"] == shipped["optimizer"]  # LARS: its rate scales with the batch as SGD's
     assert raw["pretrain"]["lr"] == pytest.approx(shipped["lr"] * 8 / 256)
     assert raw["objective"]["target_momentum_schedule"] == "cosine"  # cifar10_byol_cpu's, not the default
@@ -135,18 +155,17 @@ def _data(side: int, channels: int = 3, train: int = 50000) -> Dataset:
 
 
 def test_large_images_get_resnet18_and_small_ones_the_shipped_encoder():
-    raw, notes = _fitted({**SHIPPED["cifar10_simclr_cpu"]}, _data(LARGE_SIDE))
+    raw, notes = _fitted(shipped_settings("cifar10_simclr_cpu"), _data(LARGE_SIDE))
     assert raw["model"] == {"encoder": "resnet18", "projection": [64, 64]} and "model.encoder" in notes
     assert raw["pretrain"]["augment"]["preset"] == "imagenet_like"
-    raw, notes = _fitted({**SHIPPED["cifar10_simclr_cpu"]}, _data(32))
+    raw, notes = _fitted(shipped_settings("cifar10_simclr_cpu"), _data(32))
     assert raw["model"]["encoder"] == "cifar_resnet" and not notes
 
 
 def test_progressive_resize_is_kept_only_below_the_image_side():
-    import copy
 
-    assert _fitted(copy.deepcopy(SHIPPED["cifar10_triplet"]), _data(32))[0]["pretrain"]["progressive_resize"]
-    raw, notes = _fitted(copy.deepcopy(SHIPPED["cifar10_triplet"]), _data(24))
+    assert _fitted(shipped_settings("cifar10_triplet"), _data(32))[0]["pretrain"]["progressive_resize"]
+    raw, notes = _fitted(shipped_settings("cifar10_triplet"), _data(24))
     assert "progressive_resize" not in raw["pretrain"] and "progressive_resize" in notes["pretrain.epochs"]
     recipe_from_dict({"data": {"dataset": "mine"}, **raw})  # still a valid recipe
 

@@ -1,6 +1,6 @@
 """`clt init`: a commented recipe for a stored dataset and an objective, to start from.
 
-Its settings are a shipped recipe's (clt.stages.init_templates holds them): for grayscale images
+Its settings are a shipped recipe's (package data, clt/recipes/): for grayscale images
 the digits recipe of the objective, for colour ones its CIFAR-10 recipe. The dataset then decides
 what must change to fit it (the encoder for large images, the batch for few images, no probe
 without labels), and each such change is said in a comment where it is made. Every key's comment
@@ -9,7 +9,6 @@ is its field's doc (clt.typed.knob), so the file, the reference and the range ch
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import textwrap
 from pathlib import Path
@@ -19,9 +18,8 @@ from clt.atomic import written_aside
 from clt.errors import CltError, DataError, RecipeError, did_you_mean
 from clt.stages.context import Context
 from clt.stages.dataset import dataset_artifact
-from clt.stages.init_templates import SHIPPED
 
-# objective -> (shipped recipe for grayscale images, for colour images), keys of SHIPPED.
+# objective -> (shipped recipe for grayscale images, for colour images), names in clt/recipes/.
 # cosine_pair has no colour recipe of its own: its digits recipe takes any channels.
 SOURCES = {
     "barlow_twins": ("digits_barlow_twins", "cifar10_barlow_twins_cpu"),
@@ -78,7 +76,7 @@ def init_recipe(ctx: Context, path: str, dataset: str, objective: str, force: bo
         raise DataError(f"objective '{objective}' learns from class labels, and dataset '{dataset}' has none",
                         f"pick a self-supervised objective: {', '.join(_self_supervised())}")
     source = SOURCES[objective][data.channels != 1]
-    raw, notes = _fitted(copy.deepcopy(SHIPPED[source]), data)
+    raw, notes = _fitted(shipped_settings(source), data)
     raw = {"name": out.stem, "seed": 0, "data": {"dataset": dataset}, **raw}
     if not (data.labelled and data.test):
         raw.pop("probe", None)
@@ -90,6 +88,14 @@ def init_recipe(ctx: Context, path: str, dataset: str, objective: str, force: bo
     with written_aside(out, "RECIPE") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return out
+
+
+def shipped_settings(source: str) -> dict[str, Any]:
+    """A shipped recipe's sections, base merged in; its name, seed and data are the new recipe's own."""
+    from clt.recipe import read_raw, shipped_recipe
+
+    raw = read_raw(shipped_recipe(source))
+    return {key: raw[key] for key in ("model", "objective", "pretrain", "probe", "evaluate") if key in raw}
 
 
 def _objective(name: str) -> Any:
