@@ -199,6 +199,10 @@ SEED_OPT = typer.Option(None, "--seed", help="Override the recipe's seed.")
 SEEDS_OPT = typer.Option(None, "--seeds", help="Run once per seed, e.g. 0,1,2: one artifact (and id line) each.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 SET_OPT = typer.Option([], "--set", help="Override a recipe key, e.g. --set pretrain.epochs=2 (repeatable).")
+# the labelled subset and length of a probe: clt probe and clt baseline scratch train on the same labels
+LABELS_PER_CLASS_OPT = typer.Option(None, "--labels-per-class", help="Train on N labels per class (seeded, balanced).")
+LABELS_OPT = typer.Option(None, "--labels", help="Train on N labels in all, balanced.")
+PROBE_EPOCHS_OPT = typer.Option(None, "--epochs", help="Passes over the labelled images (sets probe.epochs).")
 
 
 # ---------------------------------------------------------------------------- stages
@@ -306,10 +310,9 @@ def pretrain(
 def probe(
     encoder: Optional[str] = typer.Argument(None, help="Encoder id, prefix, ref or recipe name (default: latest)."),
     head: Optional[str] = typer.Option(None, "--head", help="linear or mlp."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the labelled images (sets probe.epochs)."),
-    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="Train on N labels per "
-                                                   "class (seeded, balanced)."),
-    labels: Optional[int] = typer.Option(None, "--labels", help="Train on N labels in all, balanced."),
+    epochs: Optional[int] = PROBE_EPOCHS_OPT,
+    labels_per_class: Optional[int] = LABELS_PER_CLASS_OPT,
+    labels: Optional[int] = LABELS_OPT,
     finetune: bool = typer.Option(False, "--finetune", help="Unfreeze the encoder (smaller learning rate)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Probe on another stored dataset."),
     set_: list[str] = SET_OPT,
@@ -586,10 +589,9 @@ app.add_typer(baseline_app, name="baseline")
 @baseline_app.command("scratch")
 def baseline_scratch(
     recipe: str = typer.Argument(..., help="The recipe whose encoder and probe settings to train from scratch."),
-    labels_per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="Train on N labels per "
-                                                   "class (seeded, balanced)."),
-    labels: Optional[int] = typer.Option(None, "--labels", help="Train on N labels in all, balanced."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the labelled images (sets probe.epochs)."),
+    labels_per_class: Optional[int] = LABELS_PER_CLASS_OPT,
+    labels: Optional[int] = LABELS_OPT,
+    epochs: Optional[int] = PROBE_EPOCHS_OPT,
     augment: str = typer.Option("none", "--augment", metavar="PRESET",
                                 help="Augment every batch with a named preset (digits, cifar_crop, ...; an "
                                 "unknown name lists them all; auto picks by dataset)."),
