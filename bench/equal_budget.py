@@ -227,21 +227,27 @@ def machine_table(out: Path, machine: str, rows: list[dict]) -> str:
 
 
 def plot_curves(out: Path, path: Path) -> None:
-    """Online 200-NN accuracy against pretraining minutes, one line per objective (seed 0)."""
+    """Online 200-NN accuracy, one line per objective (seed 0): against epochs where the runs were
+    fixed in epochs (their wall times shared the cores with other work), else against minutes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     by_machine = sorted(results_by_machine(out).items())
+    names = list(OBJECTIVES)  # one colour and line style per objective in every panel
     fig, axes = plt.subplots(1, len(by_machine), figsize=(6 * len(by_machine), 4), sharey=True, squeeze=False)
     for ax, (machine, rows) in zip(axes[0], by_machine):
+        rows = [r for r in rows if r["seed"] == 0 and r.get("curve")]
+        in_epochs = all(r.get("budget_s") is None for r in rows)
         for r in rows:
-            if r["seed"] == 0 and r["curve"]:
-                minutes, accuracy = zip(*[(s / 60, 100 * a) for s, a in r["curve"]])
-                ax.plot(minutes, accuracy, marker="o", label=r["objective"])
-        ax.set(xlabel="pretraining minutes", ylabel="online 200-NN accuracy %",
-               title=f"CIFAR-10, ResNet-20 w16: {out.name}, trained in {machine}")
+            points = len(r["curve"])  # the monitor scores every epochs // --monitor-points epochs
+            x = [r["epochs"] * (i + 1) / points if in_epochs else s / 60 for i, (s, _) in enumerate(r["curve"])]
+            index = names.index(r["objective"]) if r["objective"] in names else len(names)
+            ax.plot(x, [100 * a for _, a in r["curve"]], marker="o", label=r["objective"],
+                    color=plt.get_cmap("tab10")(index % 10), linestyle="-" if index < 10 else "--")
+        ax.set(xlabel="pretraining epochs" if in_epochs else "pretraining minutes",
+               ylabel="online 200-NN accuracy %", title=f"CIFAR-10, ResNet-20 w16: {out.name}, trained in {machine}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
