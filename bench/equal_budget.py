@@ -239,12 +239,13 @@ def plot_curves(out: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(by_machine), figsize=(6 * len(by_machine), 4), sharey=True, squeeze=False)
     for ax, (machine, rows) in zip(axes[0], by_machine):
         rows = [r for r in rows if r["seed"] == 0 and r.get("curve")]
-        in_epochs = all(r.get("budget_s") is None for r in rows)
+        in_epochs = all(r.get("budget_s") is None and r.get("epoch_records") for r in rows)
         for r in rows:
-            points = len(r["curve"])  # the monitor scores every epochs // --monitor-points epochs
-            x = [r["epochs"] * (i + 1) / points if in_epochs else s / 60 for i, (s, _) in enumerate(r["curve"])]
+            x, accuracy = zip(*([(h["epoch"], h["knn_accuracy"]) for h in r["epoch_records"]
+                                 if h.get("knn_accuracy") is not None] if in_epochs
+                                else [(s / 60, a) for s, a in r["curve"]]))
             index = names.index(r["objective"]) if r["objective"] in names else len(names)
-            ax.plot(x, [100 * a for _, a in r["curve"]], marker="o", label=r["objective"],
+            ax.plot(x, [100 * a for a in accuracy], marker="o", label=r["objective"],
                     color=plt.get_cmap("tab10")(index % 10), linestyle="-" if index < 10 else "--")
         ax.set(xlabel="pretraining epochs" if in_epochs else "pretraining minutes",
                ylabel="online 200-NN accuracy %", title=f"CIFAR-10, ResNet-20 w16: {out.name}, trained in {machine}")
