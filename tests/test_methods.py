@@ -268,13 +268,14 @@ def test_each_view_objective_trains_and_a_resumed_run_matches_an_uninterrupted_o
     assert set(memory.saved[-1]["method"]) == set(memory.saved[0]["method"])
 
 
-def _predictor_lrs(schedule: str, scale: float, steps: int) -> list[tuple[float, float]]:
+def _predictor_lrs(schedule: str, scale: float, steps: int, name: str = "simsiam") -> list[tuple[float, float]]:
     """(model lr, predictor lr) after each of `steps` scheduler steps: a 2-epoch cosine with a
     one-epoch warm-up at lr 0.1, 4 steps an epoch."""
     from clt.optim import make_optimizer, make_scheduler
 
-    entry = OBJECTIVES["simsiam"]
-    params = entry.params(predictor_hidden=4, predictor_lr_scale=scale, predictor_lr_schedule=schedule)
+    entry = OBJECTIVES[name]
+    fixed = {"predictor_lr_schedule": schedule} if schedule != "follow" else {}
+    params = entry.params(predictor_hidden=4, predictor_lr_scale=scale, **fixed)
     model = _Tiny()
     parts = MethodParts(entry, params, model, 8, 0)
     cfg = PretrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=1, scheduler="cosine")
@@ -295,17 +296,19 @@ def test_a_fixed_predictor_lr_stays_while_the_encoders_lr_warms_up_and_decays():
     assert all(p == pytest.approx(1.0) for _, p in lrs)  # 0.1 x 10, untouched by either
 
 
-def test_a_following_predictor_lr_is_the_encoders_times_its_scale():
-    assert all(p == pytest.approx(3 * m) for m, p in _predictor_lrs("follow", 3.0, 7))
-    assert all(p == pytest.approx(m) for m, p in _predictor_lrs("follow", 1.0, 7))
+@pytest.mark.parametrize("name", ["simsiam", "byol"])
+def test_a_following_predictor_lr_is_the_encoders_times_its_scale(name):
+    assert all(p == pytest.approx(3 * m) for m, p in _predictor_lrs("follow", 3.0, 7, name))
+    assert all(p == pytest.approx(m) for m, p in _predictor_lrs("follow", 1.0, 7, name))
 
 
-def test_predictor_lr_knobs_are_range_checked_and_absent_from_addresses_at_their_defaults():
+@pytest.mark.parametrize("name", ["simsiam", "byol"])
+def test_predictor_lr_knobs_are_range_checked_and_absent_from_addresses_at_their_defaults(name):
     from clt.errors import RecipeError
 
     with pytest.raises(RecipeError, match="predictor_lr_scale"):
-        load_recipe(ROOT / "recipes" / "digits_simsiam.yaml", ["objective.predictor_lr_scale=0"])
-    objective = load_recipe(ROOT / "recipes" / "digits_simsiam.yaml").to_dict()["objective"]["params"]
+        load_recipe(ROOT / "recipes" / f"digits_{name}.yaml", ["objective.predictor_lr_scale=0"])
+    objective = load_recipe(ROOT / "recipes" / f"digits_{name}.yaml").to_dict()["objective"]["params"]
     assert "predictor_lr_scale" not in objective and "predictor_lr_schedule" not in objective
 
 

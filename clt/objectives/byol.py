@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from clt.objectives.moco import TARGET_MOMENTUM_DOC, TARGET_SCHEDULE_DOC
+from clt.objectives.simsiam import predictor_lr_scale_knob
 from clt.registry import register_objective
 from clt.typed import knob
 
@@ -19,6 +20,7 @@ class BYOLParams:
                                  check=lambda v: v >= 0, must=">= 0")
     target_momentum: float = knob(0.99, TARGET_MOMENTUM_DOC, check=lambda v: 0 <= v < 1, must="in [0, 1)")
     target_momentum_schedule: Literal["constant", "cosine"] = knob("cosine", TARGET_SCHEDULE_DOC)
+    predictor_lr_scale: float = predictor_lr_scale_knob()
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,19 @@ from clt.registry import register_objective
 from clt.typed import knob
 
 
+def predictor_lr_scale_knob():
+    """The predictor's lr as a multiple of the encoder's, for every objective with a predictor."""
+    return knob(1.0, "the predictor's learning rate as a multiple of pretrain.lr",
+                check=lambda v: v > 0, must="> 0", omit_if_default=True)
+
+
 @dataclass
 class SimSiamParams:
     predictor_hidden: int = knob(128, "hidden width of the predictor (the paper's bottleneck: a quarter of the "
                                  "projection width); 0: none, which collapses", check=lambda v: v >= 0, must=">= 0")
     # the paper and solo-learn keep the predictor's lr fixed; Tian et al. (2021, DirectPred)
     # find a predictor that adapts faster than the encoder helps non-contrastive methods learn early
-    predictor_lr_scale: float = knob(1.0, "the predictor's learning rate as a multiple of pretrain.lr",
-                                     check=lambda v: v > 0, must="> 0", omit_if_default=True)
+    predictor_lr_scale: float = predictor_lr_scale_knob()
     predictor_lr_schedule: Literal["follow", "fixed"] = knob(
         "follow", "`follow`: the predictor's lr is warmed up and decayed with the encoder's; `fixed`: it stays at "
         "pretrain.lr times predictor_lr_scale throughout, as the SimSiam paper's", omit_if_default=True)
